@@ -1,0 +1,60 @@
+"""Shared fixtures: one real Kafka broker per test session, and an isolated topic set per test.
+
+The broker is the project's own local broker (``tier3 broker start``): a running one is reused
+(CI starts it before pytest), otherwise the session starts one and stops it at the end. Each test
+gets its own topic prefix, so tests never see each other's events.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tier3.streams.local_broker import LocalBroker
+from tier3.streams.settings import KafkaSettings
+from tier3.streams.topics import create_topics
+
+TEST_HOME = Path(os.environ.get("TIER3_TEST_HOME", Path(__file__).resolve().parent.parent / ".tier3-test"))
+TEST_PORT = int(os.environ.get("TIER3_TEST_BROKER_PORT", "19092"))
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[LocalBroker]:
+    """The session's real Kafka broker."""
+    b = LocalBroker(home=TEST_HOME, port=TEST_PORT)
+    started_here = not b.is_running()
+    b.start()
+    yield b
+    if started_here:
+        b.stop()
+
+
+def fresh_settings(broker: LocalBroker, partitions: int = 3, **overrides: object) -> KafkaSettings:
+    """Settings with a topic prefix no other test uses, and its topics created."""
+    settings = KafkaSettings(
+        bootstrap_servers=broker.bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
+        partitions=partitions,
+        **overrides,
+    )
+    create_topics(settings)
+    return settings
+
+
+@pytest.fixture
+def kafka(broker: LocalBroker) -> KafkaSettings:
+    """Kafka settings for this test alone: its own prefix, its topics created."""
+    return fresh_settings(broker)
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_tier3_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests configure tier3 explicitly; a developer's TIER3_* variables must not leak in."""
+    for name in list(os.environ):
+        if name.startswith("TIER3_") and name not in ("TIER3_TEST_HOME", "TIER3_TEST_BROKER_PORT", "TIER3_KAFKA_CACHE"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("ENABLE_TIER3_CAPTURE", raising=False)
