@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
-
 from tier3.schemas import registry
 
 SINGLE_OBJECT_MAGIC = b"\xc3\x01"
@@ -51,7 +50,9 @@ class Decoded:
 class Codec(Protocol):
     def encode(self, name: str, record: Record) -> bytes: ...
 
-    def decode(self, data: bytes | None, expect: str | tuple[str, ...] | None = None) -> Decoded: ...
+    def decode(
+        self, data: bytes | None, expect: str | tuple[str, ...] | None = None
+    ) -> Decoded: ...
 
 
 def _write_body(schema: dict[str, Any], name: str, record: Record) -> bytes:
@@ -63,7 +64,9 @@ def _write_body(schema: dict[str, Any], name: str, record: Record) -> bytes:
     return buf.getvalue()
 
 
-def _read_body(body: memoryview, writer: dict[str, Any], reader: dict[str, Any], what: str) -> Record:
+def _read_body(
+    body: memoryview, writer: dict[str, Any], reader: dict[str, Any], what: str
+) -> Record:
     buf = io.BytesIO(body)
     try:
         record = schemaless_reader(buf, writer, reader)
@@ -87,7 +90,9 @@ class SingleObjectCodec:
 
     def __init__(self) -> None:
         self._writers = {name: registry.current(name) for name in registry.EVENT_NAMES}
-        self._headers = {name: SINGLE_OBJECT_MAGIC + v.fingerprint for name, v in self._writers.items()}
+        self._headers = {
+            name: SINGLE_OBJECT_MAGIC + v.fingerprint for name, v in self._writers.items()
+        }
 
     def encode(self, name: str, record: Record) -> bytes:
         try:

@@ -15,7 +15,6 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
-
 from tier3.streams.local_broker import BrokerError, LocalBroker
 from tier3.streams.logs import configure_logging
 from tier3.streams.settings import KafkaSettings, LocalSettings
@@ -29,15 +28,27 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-broker_app = typer.Typer(help="Run a local single-node Kafka broker (KRaft) for development and tests.", no_args_is_help=True)
+broker_app = typer.Typer(
+    help="Run a local single-node Kafka broker (KRaft) for development and tests.",
+    no_args_is_help=True,
+)
 topics_app = typer.Typer(help="Create and check tier3's topics.", no_args_is_help=True)
-run_app = typer.Typer(help="Run a pipeline stage (a long-running consumer group member).", no_args_is_help=True)
+run_app = typer.Typer(
+    help="Run a pipeline stage (a long-running consumer group member).", no_args_is_help=True
+)
 app.add_typer(broker_app, name="broker")
 app.add_typer(topics_app, name="topics")
 app.add_typer(run_app, name="run")
 
-HomeOpt = Annotated[Path | None, typer.Option(help="Local state folder [env: TIER3_HOME; default .tier3].")]
-PortOpt = Annotated[int, typer.Option(help="Broker port on 127.0.0.1 [env: TIER3_BROKER_PORT].", envvar="TIER3_BROKER_PORT")]
+HomeOpt = Annotated[
+    Path | None, typer.Option(help="Local state folder [env: TIER3_HOME; default .tier3].")
+]
+PortOpt = Annotated[
+    int,
+    typer.Option(
+        help="Broker port on 127.0.0.1 [env: TIER3_BROKER_PORT].", envvar="TIER3_BROKER_PORT"
+    ),
+]
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -119,7 +130,13 @@ def topics_describe(
         table = Table("topic", "partitions", "cleanup.policy", "status", "purpose")
         for r in reports:
             status = "[green]ok[/]" if r.ok else "[red]" + "; ".join(r.drift) + "[/]"
-            table.add_row(r.name, str(r.partitions or "-"), r.config.get("cleanup.policy", "-"), status, r.purpose)
+            table.add_row(
+                r.name,
+                str(r.partitions or "-"),
+                r.config.get("cleanup.policy", "-"),
+                status,
+                r.purpose,
+            )
         out.print(table)
     if not all(r.ok for r in reports):
         raise typer.Exit(4)
@@ -131,19 +148,24 @@ def topics_describe(
 @app.command("simulate")
 def simulate_cmd(
     events: Annotated[int, typer.Option("--events", "-n", help="Experiences to publish.")] = 1000,
-    rate: Annotated[float | None, typer.Option(help="Events per second (default: as fast as possible).")] = None,
-    seed: Annotated[int, typer.Option(help="Random seed: the same seed gives the same events.")] = 0,
+    rate: Annotated[
+        float | None, typer.Option(help="Events per second (default: as fast as possible).")
+    ] = None,
+    seed: Annotated[
+        int, typer.Option(help="Random seed: the same seed gives the same events.")
+    ] = 0,
 ) -> None:
-    """Publish synthetic widget-selection traffic (experiences, delayed feedback) as a backend would."""
+    """Publish synthetic widget-selection traffic (experiences, delayed feedback), as a backend."""
     from rich.progress import Progress
-
     from tier3.streams.publisher import Publisher
     from tier3.streams.simulate import run_simulation
 
     publisher = Publisher(enabled=True)
     with Progress(console=console, transient=True) as progress:
         task = progress.add_task("publishing", total=None)
-        counts = run_simulation(publisher, events, seed, rate, on_event=lambda _: progress.advance(task))
+        counts = run_simulation(
+            publisher, events, seed, rate, on_event=lambda _: progress.advance(task)
+        )
     undelivered = publisher.close()
     out.print(
         f"published {counts['Experience']} experiences and {counts['Feedback']} feedback events "
@@ -162,8 +184,10 @@ def _load_plugins() -> None:
             missing = exc.name or str(exc)
 
             def _missing(name: str = ep.name, why: str = missing) -> None:
-                raise fail(f"`{name}` needs an optional dependency that is not installed ({why}); "
-                           "install tier3 with its extra, e.g. pip install 'tier3[all]'")
+                raise fail(
+                    f"`{name}` needs an optional dependency that is not installed ({why}); "
+                    "install tier3 with its extra, e.g. pip install 'tier3[all]'"
+                )
 
             run_app.command(ep.name, help=f"(unavailable: {missing} not installed)")(_missing)
             continue

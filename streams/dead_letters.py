@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 
 from confluent_kafka import Message
-
 from tier3.streams.events import EventProducer
 from tier3.streams.topics import DLQ_SUFFIX
 
@@ -64,7 +63,9 @@ def send_dead_letter(
     on_delivery: object = None,
 ) -> None:
     """Send ``msg`` (as it came) to its topic's dead-letter topic, with the reason in headers."""
-    headers = dead_letter_headers(msg.topic(), msg.partition(), msg.offset(), reason, error_type, stage)
+    headers = dead_letter_headers(
+        msg.topic(), msg.partition(), msg.offset(), reason, error_type, stage
+    )
     producer.raw.produce(
         msg.topic() + DLQ_SUFFIX, msg.value(), msg.key(), headers=headers, on_delivery=on_delivery
     )

@@ -11,7 +11,6 @@ import threading
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
-
 from tier3.schemas import Codec, codec_for
 from tier3.schemas.codec import Record
 from tier3.streams.settings import KafkaSettings
@@ -24,7 +23,9 @@ def codec_of(settings: KafkaSettings) -> Codec:
 class EventProducer:
     """An idempotent producer of tier3 events, keyed as the design says."""
 
-    def __init__(self, settings: KafkaSettings, *, codec: Codec | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, settings: KafkaSettings, *, codec: Codec | None = None, **overrides: Any
+    ) -> None:
         self.settings = settings
         self.codec = codec or codec_of(settings)
         self._producer = Producer(
@@ -60,18 +61,27 @@ class EventProducer:
         """Delete ``key`` from a compacted topic."""
         self._produce(self.settings.topic(topic), key, None, on_delivery, None)
 
-    def _produce(self, full_topic: str, key: str, value: bytes | None, on_delivery: Any,
-                 headers: list[tuple[str, bytes]] | None) -> None:
+    def _produce(
+        self,
+        full_topic: str,
+        key: str,
+        value: bytes | None,
+        on_delivery: Any,
+        headers: list[tuple[str, bytes]] | None,
+    ) -> None:
         while True:
             try:
-                self._producer.produce(full_topic, value, key.encode(), on_delivery=on_delivery,
-                                       headers=headers)
+                self._producer.produce(
+                    full_topic, value, key.encode(), on_delivery=on_delivery, headers=headers
+                )
                 return
             except BufferError:
                 # A pipeline stage, unlike the backend, prefers waiting to losing an event.
                 self._producer.poll(0.05)
 
-    def send_and_wait(self, topic: str, event: str, key: str, record: Record, timeout: float = 30.0) -> Message:
+    def send_and_wait(
+        self, topic: str, event: str, key: str, record: Record, timeout: float = 30.0
+    ) -> Message:
         """Send one event and wait for the broker's acknowledgement."""
         done = threading.Event()
         outcome: dict[str, Any] = {}

@@ -62,14 +62,24 @@ def ensure_jars(cache: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix="libs-", dir=libs.parent))
     with resources.as_file(_ASSETS.joinpath("pom.xml")) as pom:
         result = subprocess.run(
-            [mvn, "-q", "-B", "-f", str(pom), "dependency:copy-dependencies",
-             f"-DoutputDirectory={staging}", "-DincludeScope=runtime"],
-            capture_output=True, text=True,
+            [
+                mvn,
+                "-q",
+                "-B",
+                "-f",
+                str(pom),
+                "dependency:copy-dependencies",
+                f"-DoutputDirectory={staging}",
+                "-DincludeScope=runtime",
+            ],
+            capture_output=True,
+            text=True,
         )
     if result.returncode != 0:
         shutil.rmtree(staging, ignore_errors=True)
         raise BrokerError(
-            f"Maven could not fetch Apache Kafka {KAFKA_VERSION}:\n{(result.stdout + result.stderr)[-2000:]}"
+            f"Maven could not fetch Apache Kafka {KAFKA_VERSION}:\n"
+            + (result.stdout + result.stderr)[-2000:]
         )
     staging.rename(libs)  # atomic: a half-fetched folder is never taken for a complete one
     return libs
@@ -131,8 +141,9 @@ class LocalBroker:
             return False
         from confluent_kafka.admin import AdminClient
 
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0,
-                             **self._client_auth()})
+        admin = AdminClient(
+            {"bootstrap.servers": self.bootstrap, "log_level": 0, **self._client_auth()}
+        )
         try:
             return bool(admin.list_topics(timeout=timeout).brokers)
         except Exception:
@@ -181,25 +192,47 @@ class LocalBroker:
             return
         cluster_id = uuid.uuid4().hex[:22]
         result = subprocess.run(
-            [java, "-cp", classpath, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-             "-c", str(config), "--ignore-formatted", *self._format_extra_args()],
-            capture_output=True, text=True,
+            [
+                java,
+                "-cp",
+                classpath,
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                cluster_id,
+                "-c",
+                str(config),
+                "--ignore-formatted",
+                *self._format_extra_args(),
+            ],
+            capture_output=True,
+            text=True,
         )
         if result.returncode != 0:
-            raise BrokerError(f"formatting the broker's storage failed:\n{result.stdout}{result.stderr}")
+            raise BrokerError(
+                f"formatting the broker's storage failed:\n{result.stdout}{result.stderr}"
+            )
 
     def _format_extra_args(self) -> list[str]:
         """SCRAM users are written into the metadata log at format time."""
-        return [arg for user in self.extra_config.get("tier3.scram.users", "").split(";") if user
-                for arg in ("--add-scram", user)]
+        return [
+            arg
+            for user in self.extra_config.get("tier3.scram.users", "").split(";")
+            if user
+            for arg in ("--add-scram", user)
+        ]
 
     def start(self, timeout: float = 90.0) -> str:
         """Start the broker unless it already runs; wait until it answers. Returns bootstrap."""
         if self.is_running():
             return self.bootstrap
-        java = _require("java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)")
+        java = _require(
+            "java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)"
+        )
         if (major := _java_major(java)) < 17:
-            raise BrokerError(f"Kafka {KAFKA_VERSION} needs Java 17 or newer; `java` is Java {major}")
+            raise BrokerError(
+                f"Kafka {KAFKA_VERSION} needs Java 17 or newer; `java` is Java {major}"
+            )
         libs = ensure_jars(self.cache)
         classpath = f"{libs}/*"
         self.root.mkdir(parents=True, exist_ok=True)
@@ -211,12 +244,23 @@ class LocalBroker:
             log_config_path = str(log_config)
         out = open(self.root / "logs" / "stdout.log", "ab")  # noqa: SIM115 - the child keeps it
         process = subprocess.Popen(
-            [java, f"-Xmx{self.heap}", f"-Xms{self.heap}", "-XX:+UseG1GC",
-             "-XX:MaxGCPauseMillis=20", "-Djava.awt.headless=true",
-             f"-Dkafka.logs.dir={self.root / 'logs'}",
-             f"-Dlog4j2.configurationFile={log_config_path}",
-             "-cp", classpath, "kafka.Kafka", str(config)],
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            [
+                java,
+                f"-Xmx{self.heap}",
+                f"-Xms{self.heap}",
+                "-XX:+UseG1GC",
+                "-XX:MaxGCPauseMillis=20",
+                "-Djava.awt.headless=true",
+                f"-Dkafka.logs.dir={self.root / 'logs'}",
+                f"-Dlog4j2.configurationFile={log_config_path}",
+                "-cp",
+                classpath,
+                "kafka.Kafka",
+                str(config),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,  # outlives the CLI that started it
         )
         out.close()
@@ -224,7 +268,9 @@ class LocalBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise BrokerError(f"the broker exited with {process.returncode}:\n{self.log_tail()}")
+                raise BrokerError(
+                    f"the broker exited with {process.returncode}:\n{self.log_tail()}"
+                )
             if self.answers(timeout=1.0):
                 return self.bootstrap
             time.sleep(0.3)

@@ -36,4 +36,6 @@ def configure_logging(level: str | None = None, json_logs: bool | None = None) -
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
-    logging.basicConfig(level=level_name, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=level_name, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )

@@ -25,12 +25,12 @@ import structlog
 from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
-
 from tier3.schemas import Codec, codec_for
 from tier3.schemas.codec import Record
 from tier3.schemas.registry import EXPERIENCE, FEEDBACK
 from tier3.streams.settings import CaptureSwitch, KafkaSettings
-from tier3.streams.topics import EXPERIENCES, FEEDBACK as FEEDBACK_TOPIC
+from tier3.streams.topics import EXPERIENCES
+from tier3.streams.topics import FEEDBACK as FEEDBACK_TOPIC
 
 log = structlog.get_logger("tier3.publisher")
 
@@ -89,7 +89,9 @@ class Publisher:
         self._poller: threading.Thread | None = None
         if self.enabled:
             self._producer = Producer(self._producer_config())
-            self._poller = threading.Thread(target=self._poll_forever, name="tier3-publisher", daemon=True)
+            self._poller = threading.Thread(
+                target=self._poll_forever, name="tier3-publisher", daemon=True
+            )
             self._poller.start()
 
     def _producer_config(self) -> dict[str, Any]:
@@ -176,7 +178,12 @@ class Publisher:
         self.stats.errors_by_reason[reason] = self.stats.errors_by_reason.get(reason, 0) + 1
         self.stats.last_error = err.str()
         if self.stats.failed == 1 or self.stats.failed % 1000 == 0:
-            log.error("event not delivered", topic=msg.topic(), reason=err.str(), failed_total=self.stats.failed)
+            log.error(
+                "event not delivered",
+                topic=msg.topic(),
+                reason=err.str(),
+                failed_total=self.stats.failed,
+            )
 
     def _on_error(self, err: KafkaError) -> None:
         self.stats.last_error = err.str()
@@ -233,9 +240,14 @@ class _PublisherCollector(Collector):
         )
         s = self._stats
         for outcome, value in (
-            ("accepted", s.accepted), ("delivered", s.delivered), ("failed", s.failed),
-            ("dropped", s.dropped), ("disabled", s.disabled),
+            ("accepted", s.accepted),
+            ("delivered", s.delivered),
+            ("failed", s.failed),
+            ("dropped", s.dropped),
+            ("disabled", s.disabled),
         ):
             events.add_metric([outcome], value)
         yield events
-        yield GaugeMetricFamily("tier3_publisher_pending", "Events queued, not yet delivered", value=s.pending)
+        yield GaugeMetricFamily(
+            "tier3_publisher_pending", "Events queued, not yet delivered", value=s.pending
+        )

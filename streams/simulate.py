@@ -36,7 +36,7 @@ def _hash(text: str) -> str:
 
 
 def simulate(events: int, seed: int = 0, rated_share: float = 0.7) -> Iterator[SimulatedEvent]:
-    """Yield ``events`` experiences with their feedback (for ``rated_share`` of them), in time order.
+    """Yield ``events`` experiences and feedback for ``rated_share`` of them, in time order.
 
     Feedback arrives 1 to 30 simulated seconds after its experience; some queries are never rated.
     """
@@ -70,12 +70,14 @@ def simulate(events: int, seed: int = 0, rated_share: float = 0.7) -> Iterator[S
             at = now + rng.randint(1_000, 30_000)
             rating = max(1, min(5, round(1 + 4 * confidence + rng.gauss(0, 0.7))))
             comment = rng.choice([None, None, "great", "not what I asked", "too dense"])
-            pending.append(SimulatedEvent(
-                FEEDBACK,
-                query_id,
-                {"query_id": query_id, "timestamp": at, "rating": rating, "comment": comment},
-                at,
-            ))
+            pending.append(
+                SimulatedEvent(
+                    FEEDBACK,
+                    query_id,
+                    {"query_id": query_id, "timestamp": at, "rating": rating, "comment": comment},
+                    at,
+                )
+            )
     yield from sorted(pending, key=lambda e: e.at_ms)
 
 
@@ -86,7 +88,7 @@ def run_simulation(
     rate: float | None = None,
     on_event: object = None,
 ) -> dict[str, int]:
-    """Publish simulated traffic through ``publisher`` at ``rate`` events/s (None: as fast as it goes)."""
+    """Publish simulated traffic through ``publisher`` at ``rate`` events/s (None: flat out)."""
     counts = {EXPERIENCE: 0, FEEDBACK: 0, "dropped": 0}
     start = time.perf_counter()
     for i, ev in enumerate(simulate(events, seed)):

@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, ResourceType
-
 from tier3.streams.settings import KafkaSettings
 
 EXPERIENCES = "experiences"
@@ -58,8 +57,7 @@ def expected_topics(settings: KafkaSettings) -> list[TopicSpec]:
         TopicSpec(TRAINING_RESULTS, 1, long_retention, "training, evaluation and deployments"),
     ]
     dead_letters = [
-        TopicSpec(t.name + DLQ_SUFFIX, 1, long_retention, f"dead letters of {t.name}")
-        for t in base
+        TopicSpec(t.name + DLQ_SUFFIX, 1, long_retention, f"dead letters of {t.name}") for t in base
     ]
     return base + dead_letters
 
@@ -122,7 +120,7 @@ def describe_topics(settings: KafkaSettings, admin: AdminClient | None = None) -
     present = [s for s in specs if settings.topic(s.name) in metadata]
     resources = [ConfigResource(ResourceType.TOPIC, settings.topic(s.name)) for s in present]
     configs: dict[str, dict[str, str]] = {}
-    for resource, future in (admin.describe_configs(resources).items() if resources else []):
+    for resource, future in admin.describe_configs(resources).items() if resources else []:
         configs[resource.name] = {k: v.value for k, v in future.result().items()}
     reports = []
     for spec in specs:

@@ -13,12 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from tier3.streams.local_broker import LocalBroker
 from tier3.streams.settings import KafkaSettings
 from tier3.streams.topics import create_topics
 
-TEST_HOME = Path(os.environ.get("TIER3_TEST_HOME", Path(__file__).resolve().parent.parent / ".tier3-test"))
+TEST_HOME = Path(
+    os.environ.get("TIER3_TEST_HOME", Path(__file__).resolve().parent.parent / ".tier3-test")
+)
 TEST_PORT = int(os.environ.get("TIER3_TEST_BROKER_PORT", "19092"))
 
 
@@ -55,6 +56,10 @@ def kafka(broker: LocalBroker) -> KafkaSettings:
 def _no_ambient_tier3_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests configure tier3 explicitly; a developer's TIER3_* variables must not leak in."""
     for name in list(os.environ):
-        if name.startswith("TIER3_") and name not in ("TIER3_TEST_HOME", "TIER3_TEST_BROKER_PORT", "TIER3_KAFKA_CACHE"):
+        if name.startswith("TIER3_") and name not in (
+            "TIER3_TEST_HOME",
+            "TIER3_TEST_BROKER_PORT",
+            "TIER3_KAFKA_CACHE",
+        ):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("ENABLE_TIER3_CAPTURE", raising=False)

@@ -6,7 +6,6 @@ import uuid
 from dataclasses import dataclass
 
 from confluent_kafka import Consumer, TopicPartition
-
 from tier3.schemas import SingleObjectCodec
 from tier3.streams.settings import KafkaSettings
 
@@ -23,8 +22,14 @@ class Read:
 def read_all(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> list[Read]:
     """Every message now in ``topic`` (design name, no prefix), from offset 0 to the end."""
     full = settings.topic(topic)
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": f"reader-{uuid.uuid4()}",
-                  "enable.auto.commit": False, "log_level": 0})
+    c = Consumer(
+        {
+            "bootstrap.servers": settings.bootstrap_servers,
+            "group.id": f"reader-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
     try:
         meta = c.list_topics(full, timeout=timeout).topics[full]
         ends = {}
@@ -36,13 +41,21 @@ def read_all(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> list
         out: list[Read] = []
         remaining = {p: high for p, (_, high) in ends.items()}
         import time
+
         deadline = time.monotonic() + timeout
         while remaining and time.monotonic() < deadline:
             msg = c.poll(0.5)
             if msg is None or msg.error():
                 continue
-            out.append(Read(msg.key().decode() if msg.key() else None, msg.value(),
-                            dict(msg.headers() or []), msg.partition(), msg.offset()))
+            out.append(
+                Read(
+                    msg.key().decode() if msg.key() else None,
+                    msg.value(),
+                    dict(msg.headers() or []),
+                    msg.partition(),
+                    msg.offset(),
+                )
+            )
             if msg.offset() + 1 >= remaining.get(msg.partition(), 0):
                 remaining.pop(msg.partition(), None)
         return out
@@ -50,8 +63,14 @@ def read_all(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> list
         c.close()
 
 
-def read_events(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> list[tuple[str, dict]]:
+def read_events(
+    settings: KafkaSettings, topic: str, timeout: float = 10.0
+) -> list[tuple[str, dict]]:
     """Every event in ``topic``, decoded: (event name, record)."""
     codec = SingleObjectCodec()
-    return [(d.name, d.record) for d in (codec.decode(r.value) for r in read_all(settings, topic, timeout)
-                                         if r.value is not None)]
+    return [
+        (d.name, d.record)
+        for d in (
+            codec.decode(r.value) for r in read_all(settings, topic, timeout) if r.value is not None
+        )
+    ]
