@@ -127,7 +127,8 @@ class ConfluentCodec:
     def __init__(self, registry_url: str, client: Any | None = None) -> None:
         from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 
-        self._client = client or SchemaRegistryClient({"url": registry_url})
+        # new_client gives the library's in-memory registry for mock:// URLs (tests, dry runs).
+        self._client = client or SchemaRegistryClient.new_client({"url": registry_url})
         self._schema_type = Schema
         self._ids: dict[str, int] = {}
         self._writers_by_id: dict[int, tuple[str, dict[str, Any]]] = {}
