@@ -8,6 +8,7 @@ Data and logs live under ``<home>/broker``. The same code serves ``tier3 broker`
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -223,9 +224,19 @@ class LocalBroker:
         ]
 
     def start(self, timeout: float = 90.0) -> str:
-        """Start the broker unless it already runs; wait until it answers. Returns bootstrap."""
-        if self.is_running():
-            return self.bootstrap
+        """Start the broker unless it already runs; wait until it answers. Returns bootstrap.
+
+        Safe to call from several processes at once (parallel test sessions, a CI script and a
+        demo): a lock file serialises them, and the ones that wait find the broker running.
+        """
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / "start.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.is_running():
+                return self.bootstrap
+            return self._start_locked(timeout)
+
+    def _start_locked(self, timeout: float) -> str:
         java = _require(
             "java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)"
         )

@@ -7,6 +7,7 @@ tombstone deletes one. Every topic a consumer reads has a ``.dlq`` dead-letter t
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaException
@@ -109,7 +110,19 @@ def create_topics(settings: KafkaSettings, admin: AdminClient | None = None) -> 
             if exc.args[0].name() != "TOPIC_ALREADY_EXISTS":  # lost a race with another creator
                 raise
             outcome[full] = "exists"
+    _wait_until_visible(admin, set(outcome))
     return outcome
+
+
+def _wait_until_visible(admin: AdminClient, names: set[str], timeout: float = 15.0) -> None:
+    """Creation is acknowledged before every broker's metadata shows the topic; wait for it."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        topics = admin.list_topics(timeout=5).topics
+        if all(n in topics and not topics[n].error for n in names):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topics not visible in metadata after {timeout}s: {sorted(names)}")
 
 
 def describe_topics(settings: KafkaSettings, admin: AdminClient | None = None) -> list[TopicReport]:

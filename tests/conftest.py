@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,14 +23,16 @@ TEST_PORT = int(os.environ.get("TIER3_TEST_BROKER_PORT", "19092"))
 
 
 @pytest.fixture(scope="session")
-def broker() -> Iterator[LocalBroker]:
-    """The session's real Kafka broker."""
+def broker() -> LocalBroker:
+    """The session's real Kafka broker, left running for the next session.
+
+    Several test sessions may share it (parallel runs on one machine), so none of them stops it:
+    `.ci/run` stops it after the suite; on a laptop `tier3 broker stop --home .tier3-test
+    --port 19092` does.
+    """
     b = LocalBroker(home=TEST_HOME, port=TEST_PORT)
-    started_here = not b.is_running()
     b.start()
-    yield b
-    if started_here:
-        b.stop()
+    return b
 
 
 def fresh_settings(broker: LocalBroker, partitions: int = 3, **overrides: object) -> KafkaSettings:
