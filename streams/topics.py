@@ -114,12 +114,23 @@ def create_topics(settings: KafkaSettings, admin: AdminClient | None = None) -> 
     return outcome
 
 
+def _has_leaders(topic: object) -> bool:
+    partitions = topic.partitions  # type: ignore[attr-defined]
+    return (
+        not topic.error
+        and bool(partitions)
+        and all(  # type: ignore[attr-defined]
+            p.leader >= 0 and not p.error for p in partitions.values()
+        )
+    )
+
+
 def _wait_until_visible(admin: AdminClient, names: set[str], timeout: float = 15.0) -> None:
-    """Creation is acknowledged before every broker's metadata shows the topic; wait for it."""
+    """Creation is acknowledged before the topic has leaders everywhere; wait until it has."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         topics = admin.list_topics(timeout=5).topics
-        if all(n in topics and not topics[n].error for n in names):
+        if all(n in topics and _has_leaders(topics[n]) for n in names):
             return
         time.sleep(0.1)
     raise TimeoutError(f"topics not visible in metadata after {timeout}s: {sorted(names)}")

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass
 
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from tier3.schemas import SingleObjectCodec
 from tier3.streams.settings import KafkaSettings
 
@@ -17,6 +18,22 @@ class Read:
     headers: dict[str, bytes]
     partition: int
     offset: int
+
+
+def _watermarks(c: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, int]:
+    """Watermarks, waiting out the moment after creation when the leader is not yet serving."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return c.get_watermark_offsets(tp, timeout=timeout)
+        except KafkaException as exc:
+            retriable = exc.args[0].code() in (
+                KafkaError.NOT_LEADER_FOR_PARTITION,
+                KafkaError.LEADER_NOT_AVAILABLE,
+            )
+            if not retriable or time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
 
 
 def read_all(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> list[Read]:
@@ -34,13 +51,12 @@ def read_all(settings: KafkaSettings, topic: str, timeout: float = 10.0) -> list
         meta = c.list_topics(full, timeout=timeout).topics[full]
         ends = {}
         for p in meta.partitions:
-            low, high = c.get_watermark_offsets(TopicPartition(full, p), timeout=timeout)
+            low, high = _watermarks(c, TopicPartition(full, p), timeout)
             if high > low:
                 ends[p] = (low, high)
         c.assign([TopicPartition(full, p, low) for p, (low, _) in ends.items()])
         out: list[Read] = []
         remaining = {p: high for p, (_, high) in ends.items()}
-        import time
 
         deadline = time.monotonic() + timeout
         while remaining and time.monotonic() < deadline:
