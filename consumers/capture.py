@@ -1,0 +1,384 @@
+"""The capture consumer: capture jobs in, teacher and student traces out, many jobs at once.
+
+Design. A job is I/O-bound (a teacher call takes seconds), so one process runs hundreds at once
+as asyncio tasks on one event loop, with the async SDKs. The confluent-kafka consumer lives on the
+same loop thread and is polled without blocking (``consume(timeout=0)``, then a short sleep when
+idle), so rebalance callbacks, offset books, pausing and commits all happen on one thread and need
+no locks. The producer's delivery callbacks come from a small polling thread and are handed to
+the loop with ``call_soon_threadsafe``. Object writes (blocking fsspec calls) run in a thread pool.
+
+Flow control. At most ``concurrency`` jobs are in flight. When full, the consumer pauses every
+assigned partition and keeps polling (so it stays in the group); it resumes when in-flight work
+falls to three quarters, so it does not flap around the limit.
+
+Delivery. A job is finished when its trace object is stored and its ``traces`` record is
+acknowledged (acks=all), or when its dead letter is acknowledged. Offsets are committed only past
+a contiguous run of finished jobs (``offsets.PartitionBook``). A crash therefore redelivers jobs
+that may already be traced; the object key and the message key both derive from query_id, so the
+rewrite replaces the same object and the compacted topic keeps one latest value per query.
+
+Failures. An undecodable job goes straight to ``capture-jobs.dlq``. A job whose capture fails
+(teacher error after the SDK's own retries, storage or broker error) is tried ``attempts`` times
+with backoff and jitter, then dead-lettered with the error; the consumer goes on. A teacher reply
+that is not the task's JSON is not a failure: it is kept, and marked ``teacher_answer_valid=false``.
+A student failure is recorded in ``student_error``; the teacher's trace is still worth keeping.
+
+Shutdown (SIGTERM). Stop taking jobs, give in-flight ones ``shutdown_deadline_s`` to finish,
+cancel the rest (they are redelivered to whoever takes the partition), commit what is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from tier3.consumers import metrics
+from tier3.consumers.object_store import TraceStore, UnsafeKeyError
+from tier3.consumers.offsets import OffsetBooks, PartitionBook
+from tier3.consumers.providers import Answer, Provider, Task
+from tier3.consumers.redaction import Redactor
+from tier3.consumers.settings import CaptureSettings
+from tier3.schemas import DecodeError
+from tier3.schemas.registry import CAPTURE_JOB, TRACE
+from tier3.streams.dead_letters import send_dead_letter
+from tier3.streams.events import EventProducer, codec_of, consumer
+from tier3.streams.settings import KafkaSettings
+from tier3.streams.topics import CAPTURE_JOBS, TRACES
+from tier3.streams.widgets import parse_answer
+
+log = structlog.get_logger("tier3.capture")
+
+_IDLE_SLEEP_S = 0.01
+_RESUME_FRACTION = 0.75
+
+
+class CaptureConsumer:
+    """One member of the capture consumer group."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        settings: CaptureSettings,
+        store: TraceStore,
+        teacher: Provider,
+        student: Provider,
+        redactor: Redactor | None = None,
+    ) -> None:
+        self.kafka = kafka
+        self.settings = settings
+        self.store = store
+        self.teacher = teacher
+        self.student = student
+        self.redactor = redactor
+        self.codec = codec_of(kafka)
+        self.producer = EventProducer(kafka)
+        self.books = OffsetBooks()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.paused = False
+        self._repause = False
+        self._consumer: Consumer | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._io = ThreadPoolExecutor(max_workers=16, thread_name_prefix="trace-store")
+        self._producer_stop = threading.Event()
+        self.traced = 0
+        self.dead_lettered = 0
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until ``stop`` is set; then drain, commit and close."""
+        self._loop = asyncio.get_running_loop()
+        poller = threading.Thread(target=self._poll_producer, name="producer-poll", daemon=True)
+        poller.start()
+        self._consumer = consumer(
+            self.kafka, self.settings.group, on_commit=self._on_commit
+        )
+        self._consumer.subscribe(
+            [self.kafka.topic(CAPTURE_JOBS)],
+            on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
+        )
+        log.info("capture consumer started", group=self.settings.group,
+                 concurrency=self.settings.concurrency, teacher=self.teacher.name,
+                 teacher_model=self.teacher.model, student=self.student.name,
+                 student_model=self.student.model, store=self.store.root)
+        next_commit = time.monotonic() + self.settings.commit_interval_s
+        try:
+            while not stop.is_set():
+                taken = self._take_jobs()
+                if time.monotonic() >= next_commit:
+                    self._commit(asynchronous=True)
+                    next_commit = time.monotonic() + self.settings.commit_interval_s
+                # Yield to the jobs; sleep a little when there was nothing to take.
+                await asyncio.sleep(0 if taken else _IDLE_SLEEP_S)
+        finally:
+            await self._shut_down()
+
+    def _take_jobs(self) -> int:
+        assert self._consumer is not None
+        limit = self.settings.concurrency
+        room = limit - len(self.tasks)
+        if room <= 0 and not self.paused:
+            self._set_paused(True)
+        elif self.paused and len(self.tasks) <= limit * _RESUME_FRACTION:
+            self._set_paused(False)
+        elif self.paused and self._repause:
+            self._set_paused(True)
+        # Paused partitions return nothing; polling goes on so rebalances and heartbeats are served.
+        messages = self._consumer.consume(num_messages=max(1, min(room, 500)), timeout=0)
+        for msg in messages:
+            if msg.error():
+                if msg.error().code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error", error=str(msg.error()))
+                continue
+            book = self.books.book(msg.topic(), msg.partition())
+            book.take(msg.offset())
+            task = asyncio.get_running_loop().create_task(self._handle(msg, book))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+        metrics.IN_FLIGHT.set(len(self.tasks))
+        return len(messages)
+
+    def _set_paused(self, paused: bool) -> None:
+        assert self._consumer is not None
+        assignment = self._consumer.assignment()
+        if assignment:
+            (self._consumer.pause if paused else self._consumer.resume)(assignment)
+        self.paused, self._repause = paused, False
+        metrics.PAUSED.set(1 if paused else 0)
+        event = "partitions paused" if paused else "partitions resumed"
+        log.debug(event, in_flight=len(self.tasks))
+
+    # -- one job -------------------------------------------------------------------------------
+
+    async def _handle(self, msg: Message, book: PartitionBook) -> None:
+        try:
+            job = self.codec.decode(msg.value(), expect=CAPTURE_JOB).record
+        except DecodeError as exc:
+            await self._dead_letter(msg, f"undecodable capture job: {exc}", exc, "undecodable")
+            book.finish(msg.offset())
+            return
+        attempts = self.settings.attempts
+        for attempt in range(1, attempts + 1):
+            try:
+                await self._capture(job)
+            except UnsafeKeyError as exc:  # no attempt can fix the key
+                await self._dead_letter(msg, str(exc), exc, "failed")
+                break
+            except Exception as exc:
+                log.warning("capture attempt failed", query_id=job["query_id"], attempt=attempt,
+                            of=attempts, error=f"{type(exc).__name__}: {exc}")
+                if attempt == attempts:
+                    reason = f"failed after {attempts} attempts: {type(exc).__name__}: {exc}"
+                    await self._dead_letter(msg, reason, exc, "failed")
+                    break
+                metrics.RETRIES.labels("job").inc()
+                backoff = self.settings.attempt_backoff_s * 2 ** (attempt - 1)
+                await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            else:
+                self.traced += 1
+                metrics.JOBS.labels("traced").inc()
+                break
+        book.finish(msg.offset())
+
+    async def _capture(self, job: dict[str, Any]) -> None:
+        """Ask teacher and student at once, then store the trace and produce it; both confirmed."""
+        query_id = job["query_id"]
+        uri = self.store.uri(query_id)  # fails early on an unusable query_id
+        task = Task.of(job["query"], job["context"], self.settings.prompt_template)
+        teacher, student = await asyncio.gather(
+            self._ask(self.teacher, task, metrics.TEACHER_LATENCY, "teacher"),
+            self._ask(self.student, task, metrics.STUDENT_LATENCY, "student"),
+            return_exceptions=True,
+        )
+        if isinstance(teacher, BaseException):
+            raise teacher
+        trace, document = self._trace(job, task, teacher, student, uri)
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._io, self.store.write, query_id, document)
+        await self._produce_trace(query_id, trace)
+
+    async def _ask(
+        self, provider: Provider, task: Task, latency: Any, role: str
+    ) -> tuple[Answer, float]:
+        started = time.perf_counter()
+        answer = await provider.answer(task)
+        elapsed = time.perf_counter() - started
+        latency.labels(provider.name).observe(elapsed)
+        metrics.TOKENS.labels(role, "input").inc(answer.input_tokens)
+        metrics.TOKENS.labels(role, "output").inc(answer.output_tokens)
+        return answer, elapsed * 1000
+
+    def _trace(
+        self,
+        job: dict[str, Any],
+        task: Task,
+        teacher: tuple[Answer, float],
+        student: tuple[Answer, float] | BaseException,
+        uri: str,
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The Trace record (for the topic) and the fuller document (for object storage)."""
+        found: Counter[str] = Counter()
+
+        def clean(text: str) -> str:
+            return self.redactor.redact(text, found) if self.redactor else text
+
+        teacher_answer, teacher_ms = teacher
+        valid = parse_answer(teacher_answer.text) is not None
+        if not valid:
+            metrics.MALFORMED.inc()
+            log.info("teacher answer is not the task's JSON; kept and marked",
+                     query_id=job["query_id"])
+        if isinstance(student, BaseException):
+            metrics.STUDENT_ERRORS.inc()
+            student_answer, student_ms = Answer(""), 0.0
+            student_error: str | None = clean(f"{type(student).__name__}: {student}")
+        else:
+            (student_answer, student_ms), student_error = student, None
+        trace = {
+            "query_id": job["query_id"],
+            "created_at": int(time.time() * 1000),
+            "query": clean(task.query),
+            "context": clean(task.context),
+            "capture_reason": job["reason"],
+            "teacher_provider": self.teacher.name,
+            "teacher_model": self.teacher.model,
+            "teacher_thinking": clean(teacher_answer.thinking),
+            "teacher_answer": clean(teacher_answer.text),
+            "teacher_latency_ms": teacher_ms,
+            "teacher_input_tokens": teacher_answer.input_tokens,
+            "teacher_output_tokens": teacher_answer.output_tokens,
+            "student_provider": self.student.name,
+            "student_model": self.student.model,
+            "student_answer": clean(student_answer.text),
+            "student_latency_ms": student_ms,
+            "student_error": student_error,
+            "teacher_answer_valid": valid,
+            "object_uri": uri,
+        }
+        document = {
+            **trace,
+            "schema": TRACE,
+            "prompt": clean(task.prompt),
+            "original_response": clean(job["original_response"]),
+            "original_model": job["original_model"],
+            "model_variant": job["model_variant"],
+            "confidence": job["confidence"],
+            "rating": job["rating"],
+            "redactions": dict(found),
+        }
+        for pattern, n in found.items():
+            metrics.REDACTIONS.labels(pattern).inc(n)
+        return trace, document
+
+    # -- writes that must be confirmed ---------------------------------------------------------
+
+    def _delivery_future(self) -> tuple[asyncio.Future[None], Any]:
+        """A future and the delivery callback (called on the poll thread) that resolves it."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+
+        def resolve(err: KafkaError | None) -> None:
+            if future.done():
+                return
+            if err is None:
+                future.set_result(None)
+            else:
+                future.set_exception(RuntimeError(f"delivery failed: {err}"))
+
+        def on_delivery(err: KafkaError | None, _msg: Message) -> None:
+            loop.call_soon_threadsafe(resolve, err)
+
+        return future, on_delivery
+
+    async def _produce_trace(self, query_id: str, trace: dict[str, Any]) -> None:
+        future, on_delivery = self._delivery_future()
+        self.producer.send(TRACES, TRACE, query_id, trace, on_delivery=on_delivery)
+        await future
+
+    async def _dead_letter(self, msg: Message, reason: str, exc: BaseException, kind: str) -> None:
+        """Put the job on the dead-letter topic; retry until the broker takes it."""
+        delay = 0.5
+        while True:
+            future, on_delivery = self._delivery_future()
+            send_dead_letter(self.producer, msg, reason, type(exc).__name__, "capture",
+                             on_delivery=on_delivery)
+            try:
+                await future
+                break
+            except RuntimeError as err:
+                log.error("dead letter not delivered; retrying", error=str(err))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30)
+        self.dead_lettered += 1
+        metrics.DEAD_LETTERS.labels(kind).inc()
+        metrics.JOBS.labels("dead_letter").inc()
+        key = msg.key().decode(errors="replace") if msg.key() else None
+        log.warning("capture job dead-lettered", key=key, partition=msg.partition(),
+                    offset=msg.offset(), reason=reason)
+
+    def _poll_producer(self) -> None:
+        while not self._producer_stop.is_set():
+            self.producer.poll(0.05)
+
+    # -- commits and rebalances ----------------------------------------------------------------
+
+    def _commit(self, asynchronous: bool, partitions: list[TopicPartition] | None = None) -> None:
+        assert self._consumer is not None
+        offsets = self.books.to_commit(partitions, again=not asynchronous)
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)
+        except Exception as exc:  # a failed commit only means redelivery later; say so, go on
+            log.warning("offset commit failed", error=str(exc))
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None and err.code() != KafkaError._NO_OFFSET:
+            log.warning("offset commit failed", error=str(err))
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions assigned", partitions=[p.partition for p in partitions])
+        self._repause = self.paused  # new partitions of a full process start paused
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("partitions revoked", partitions=[p.partition for p in partitions])
+        self._commit(asynchronous=False, partitions=partitions)
+        self.books.drop(partitions)
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.warning("partitions lost", partitions=[p.partition for p in partitions])
+        self.books.drop(partitions)
+
+    # -- shutdown ------------------------------------------------------------------------------
+
+    async def _shut_down(self) -> None:
+        deadline = self.settings.shutdown_deadline_s
+        log.info("stopping: finishing in-flight jobs", in_flight=len(self.tasks),
+                 deadline_s=deadline)
+        if self._consumer is not None and self._consumer.assignment():
+            self._consumer.pause(self._consumer.assignment())
+        pending: set[asyncio.Task[None]] = set()
+        if self.tasks:
+            _, pending = await asyncio.wait(set(self.tasks), timeout=deadline)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.gather(*pending, return_exceptions=True)
+            log.warning("jobs left unfinished at the deadline; they will be redelivered",
+                        unfinished=len(pending))
+        if self._consumer is not None:
+            self._commit(asynchronous=False)
+            self._consumer.close()
+        self.producer.flush(10)
+        self._producer_stop.set()
+        self._io.shutdown(wait=True)
+        await asyncio.gather(self.teacher.aclose(), self.student.aclose(), return_exceptions=True)
+        metrics.IN_FLIGHT.set(0)
+        log.info("capture consumer stopped", traced=self.traced, dead_lettered=self.dead_lettered)

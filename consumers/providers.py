@@ -1,0 +1,270 @@
+"""Teacher and student providers behind one small interface: ``await provider.answer(task)``.
+
+* ``AnthropicTeacher``: Claude through ``anthropic.AsyncAnthropic`` with extended thinking. The
+  SDK already retries 429, 529 and 5xx with exponential backoff and jitter, honouring
+  ``retry-after`` (``max_retries``), so tier3 does not wrap a second retry loop around it; an SDK
+  middleware, which runs once per HTTP attempt, counts the retries and applies the client-side
+  rate limit to every attempt, retries included.
+* ``OllamaProvider``: any model Ollama serves, through ``ollama.AsyncClient``; the student, or a
+  larger local teacher. JSON output is asked for with the task's JSON Schema (``format``).
+* ``OfflineTeacher`` / ``OfflineStudent``: for the demo and machines without keys or servers.
+  The offline teacher answers with the task's reference rules; the offline student with a
+  deliberately weak heuristic (always a table). Both say ``offline`` as provider, so every trace
+  they make says so.
+
+All are async because a capture process keeps hundreds of calls in flight on one event loop; a
+call is I/O (seconds of waiting), not work. Providers never catch errors: a failed call raises,
+and the capture loop decides between another attempt and a dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from string import Template
+from typing import Any, Protocol
+
+import anthropic
+import httpx
+import ollama
+import structlog
+from tier3.consumers import metrics
+from tier3.consumers.rate_limit import RateLimiter
+from tier3.consumers.settings import CaptureSettings
+from tier3.streams.widgets import ANSWER_SCHEMA, METRICS, reference_answer, reference_thinking
+from tier3.streams.widgets import render_prompt as render_widget_prompt
+
+log = structlog.get_logger("tier3.capture")
+
+
+@dataclass(frozen=True)
+class Task:
+    """What a provider is asked: the query, its context (a JSON document) and the prompt."""
+
+    query: str
+    context: str
+    prompt: str
+
+    @classmethod
+    def of(cls, query: str, context: str, template: str | None = None) -> Task:
+        """The task for a query; ``template`` is a string.Template with $query and $context."""
+        if template is None:
+            prompt = render_widget_prompt(query, context)
+        else:
+            prompt = Template(template).safe_substitute(query=query, context=context)
+        return cls(query, context, prompt)
+
+    def context_dict(self) -> dict[str, Any]:
+        try:
+            value = json.loads(self.context)
+        except json.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A provider's reply: the answer text, its thinking (if any) and the tokens it cost."""
+
+    text: str
+    thinking: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class Provider(Protocol):
+    name: str  # what traces record as provider: 'anthropic', 'ollama', 'offline'
+    model: str
+
+    async def answer(self, task: Task) -> Answer: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _estimate_tokens(payload: Any) -> int:
+    """About four characters a token: enough to reserve rate-limit budget before a call."""
+    return max(1, len(json.dumps(payload, default=str)) // 4)
+
+
+class AnthropicTeacher:
+    """Claude with extended thinking, through the official SDK."""
+
+    name = "anthropic"
+
+    def __init__(
+        self,
+        api_key: str,
+        model: str,
+        *,
+        thinking_budget: int = 2048,
+        max_tokens: int = 4096,
+        base_url: str | None = None,
+        max_retries: int = 4,
+        timeout_s: float = 120.0,
+        limiter: RateLimiter | None = None,
+        max_connections: int = 1000,
+    ) -> None:
+        self.model = model
+        self.thinking_budget = thinking_budget
+        self.max_tokens = max_tokens
+        self.limiter = limiter
+        self.client = anthropic.AsyncAnthropic(
+            api_key=api_key,
+            base_url=base_url,
+            max_retries=max_retries,
+            timeout=timeout_s,
+            middleware=[self._each_attempt],
+            # Keep-alive for every concurrent call, not the SDK's default 100, so hundreds of
+            # calls in flight do not reconnect each time.
+            http_client=anthropic.DefaultAsyncHttpxClient(
+                limits=type(anthropic.DEFAULT_CONNECTION_LIMITS)(
+                    max_connections=max_connections, max_keepalive_connections=max_connections
+                )
+            ),
+        )
+
+    async def _each_attempt(self, request: Any, call_next: Any) -> Any:
+        if request.retries_taken:
+            metrics.RETRIES.labels("http").inc()
+        if self.limiter is not None:
+            estimate = _estimate_tokens((request.json or {}).get("messages"))
+            waited = await self.limiter.admit(estimate)
+            metrics.RATE_LIMIT_WAIT.inc(waited)
+        return await call_next(request)
+
+    async def answer(self, task: Task) -> Answer:
+        request: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": self.max_tokens,
+            "messages": [{"role": "user", "content": task.prompt}],
+        }
+        if self.thinking_budget:
+            request["thinking"] = {"type": "enabled", "budget_tokens": self.thinking_budget}
+        message = await self.client.messages.create(**request)
+        thinking = "\n\n".join(b.thinking for b in message.content if b.type == "thinking")
+        text = "".join(b.text for b in message.content if b.type == "text")
+        usage = message.usage
+        if self.limiter is not None:
+            estimate = _estimate_tokens(request["messages"])
+            self.limiter.settle(estimate, usage.input_tokens + usage.output_tokens)
+        return Answer(text, thinking, usage.input_tokens, usage.output_tokens)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
+class OllamaProvider:
+    """A model served by Ollama: the student, or a larger local teacher."""
+
+    name = "ollama"
+
+    def __init__(
+        self,
+        host: str | None,
+        model: str,
+        *,
+        json_output: bool = True,
+        think: bool = False,
+        timeout_s: float = 120.0,
+        max_connections: int = 1000,
+    ) -> None:
+        self.model = model
+        self.json_output = json_output
+        self.think = think
+        limits = httpx.Limits(max_connections=max_connections,
+                              max_keepalive_connections=max_connections)
+        self.client = ollama.AsyncClient(host=host, timeout=timeout_s, limits=limits)
+
+    async def answer(self, task: Task) -> Answer:
+        response = await self.client.chat(
+            model=self.model,
+            messages=[{"role": "user", "content": task.prompt}],
+            format=ANSWER_SCHEMA if self.json_output else None,
+            think=self.think or None,
+            options={"temperature": 0},
+        )
+        return Answer(
+            response.message.content or "",
+            response.message.thinking or "",
+            response.prompt_eval_count or 0,
+            response.eval_count or 0,
+        )
+
+    async def aclose(self) -> None:
+        await self.client._client.aclose()  # ollama's AsyncClient has no public close
+
+
+class OfflineTeacher:
+    """The task's reference rules, in the teacher's voice. No network, no cost."""
+
+    name = "offline"
+    model = "reference-rules"
+
+    async def answer(self, task: Task) -> Answer:
+        context = task.context_dict()
+        answer = reference_answer(task.query, context)
+        return Answer(json.dumps(answer), reference_thinking(task.query, context))
+
+    async def aclose(self) -> None:
+        return None
+
+
+class OfflineStudent:
+    """A deliberately weak student: finds the metric, always shows a table."""
+
+    name = "offline"
+    model = "table-heuristic"
+
+    async def answer(self, task: Task) -> Answer:
+        metric = next((m for m in METRICS if m in task.query.lower()), "unknown")
+        answer = {"widgets": ["table"], "primary_metric": metric, "appropriateness": 0.5}
+        return Answer(json.dumps(answer))
+
+    async def aclose(self) -> None:
+        return None
+
+
+def build_teacher(settings: CaptureSettings) -> Provider:
+    """The configured teacher; logs plainly when the offline one stands in."""
+    model = settings.teacher_model_name
+    if settings.teacher_provider == "anthropic":
+        assert settings.anthropic_api_key is not None  # settings validation guarantees it
+        limiter = None
+        if settings.teacher_requests_per_minute or settings.teacher_tokens_per_minute:
+            limiter = RateLimiter(settings.teacher_requests_per_minute,
+                                  settings.teacher_tokens_per_minute)
+        return AnthropicTeacher(
+            settings.anthropic_api_key.get_secret_value(),
+            model,
+            thinking_budget=settings.thinking_budget,
+            max_tokens=settings.teacher_max_tokens,
+            base_url=settings.anthropic_base_url,
+            max_retries=settings.teacher_max_retries,
+            timeout_s=settings.teacher_timeout_s,
+            limiter=limiter,
+            max_connections=settings.concurrency * 2,
+        )
+    if settings.teacher_provider == "ollama":
+        return OllamaProvider(settings.ollama_host, model, json_output=settings.json_output,
+                              think=settings.thinking_budget > 0,
+                              timeout_s=settings.teacher_timeout_s,
+                              max_connections=settings.concurrency * 2)
+    log.warning(
+        "no teacher configured (ANTHROPIC_API_KEY unset): the OFFLINE reference-rules teacher "
+        "stands in; every trace says teacher_provider=offline",
+    )
+    return OfflineTeacher()
+
+
+def build_student(settings: CaptureSettings) -> Provider:
+    """The configured student; logs plainly when the offline one stands in."""
+    if settings.student_provider == "ollama":
+        return OllamaProvider(settings.ollama_host, settings.student_model,
+                              json_output=settings.json_output,
+                              timeout_s=settings.student_timeout_s,
+                              max_connections=settings.concurrency * 2)
+    log.warning(
+        "no student configured (TIER3_OLLAMA_HOST unset): the OFFLINE table-heuristic student "
+        "stands in; every trace says student_provider=offline",
+    )
+    return OfflineStudent()

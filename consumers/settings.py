@@ -1,0 +1,92 @@
+"""Configuration of the capture consumers, read from the environment (``TIER3_*``).
+
+Which teacher and student answer is a configuration change, never a code change: the provider
+names pick an implementation in ``providers``. Left unset, the teacher is Claude when
+``ANTHROPIC_API_KEY`` is set and the offline reference teacher otherwise; the student is Ollama
+when ``TIER3_OLLAMA_HOST`` is set and the offline heuristic student otherwise. The offline
+choices are logged plainly and written into every trace, so nobody trains on them by mistake.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+TeacherProvider = Literal["anthropic", "ollama", "offline"]
+StudentProvider = Literal["ollama", "offline"]
+
+
+class CaptureSettings(BaseSettings):
+    """Everything ``tier3 run capture`` needs beyond the Kafka and local settings."""
+
+    model_config = SettingsConfigDict(env_prefix="TIER3_", env_file=".env", extra="ignore")
+
+    group: str = Field("tier3-capture", description="Consumer group id of the capture consumers.")
+    concurrency: int = Field(256, ge=1, description="Most jobs in flight in one process.")
+    attempts: int = Field(3, ge=1, description="Attempts per job before its dead letter.")
+    attempt_backoff_s: float = Field(1.0, ge=0, description="Pause before a job's next attempt.")
+    shutdown_deadline_s: float = Field(30.0, ge=0, description="Time in-flight jobs get on stop.")
+    commit_interval_s: float = Field(0.5, gt=0, description="How often done offsets are committed.")
+
+    teacher_provider: TeacherProvider | None = Field(
+        None, description="anthropic | ollama | offline (default: anthropic if a key is set)."
+    )
+    anthropic_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "TIER3_ANTHROPIC_API_KEY")
+    )
+    anthropic_base_url: str | None = Field(None, description="Anthropic API base URL override.")
+    teacher_model: str | None = Field(None, description="Teacher model (default per provider).")
+    thinking_budget: int = Field(2048, ge=0, description="Thinking budget; 0: off.")
+    teacher_max_tokens: int = Field(4096, ge=1, description="max_tokens of a teacher call.")
+    prompt_template: str | None = Field(
+        None,
+        description="Teacher/student prompt as a string.Template with $query and $context; "
+        "default: the widget task's own prompt (tier3.streams.widgets.render_prompt).",
+    )
+    teacher_max_retries: int = Field(4, ge=0, description="SDK retries on 429/529/5xx per call.")
+    teacher_timeout_s: float = Field(120.0, gt=0, description="Timeout of one teacher request.")
+    teacher_requests_per_minute: float | None = Field(
+        None, gt=0, description="Client-side request rate limit of the teacher (none if unset)."
+    )
+    teacher_tokens_per_minute: float | None = Field(
+        None, gt=0, description="Client-side token rate limit of the teacher (none if unset)."
+    )
+
+    student_provider: StudentProvider | None = Field(
+        None, description="ollama | offline (default: ollama if TIER3_OLLAMA_HOST is set)."
+    )
+    ollama_host: str | None = Field(None, description="Ollama server URL.")
+    student_model: str = Field("llama3.2:1b", description="Student model served by Ollama.")
+    student_timeout_s: float = Field(120.0, gt=0, description="Timeout of one student request.")
+    json_output: bool = Field(True, description="Ask Ollama for JSON output (the task wants JSON).")
+
+    redact: bool = Field(True, description="Redact personal data and secrets from traces.")
+    redact_patterns: dict[str, str] = Field(
+        default_factory=dict,
+        description='Extra redaction patterns as JSON {"name": "regex"}, added to the defaults.',
+    )
+    redact_defaults: bool = Field(True, description="Use the default patterns.")
+
+    metrics_port: int | None = Field(None, description="Prometheus port (none: no endpoint).")
+
+    @model_validator(mode="after")
+    def _pick_providers(self) -> CaptureSettings:
+        if self.teacher_provider is None:
+            self.teacher_provider = "anthropic" if self.anthropic_api_key else "offline"
+        if self.student_provider is None:
+            self.student_provider = "ollama" if self.ollama_host else "offline"
+        if self.teacher_provider == "anthropic" and self.anthropic_api_key is None:
+            raise ValueError("TIER3_TEACHER_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
+        if self.thinking_budget and self.teacher_max_tokens <= self.thinking_budget:
+            raise ValueError("TIER3_TEACHER_MAX_TOKENS must exceed TIER3_THINKING_BUDGET")
+        return self
+
+    @property
+    def teacher_model_name(self) -> str:
+        if self.teacher_model:
+            return self.teacher_model
+        return {"anthropic": "claude-sonnet-4-5", "ollama": "llama3.1:70b"}.get(
+            self.teacher_provider or "offline", "reference-rules"
+        )
