@@ -31,7 +31,9 @@ from pathlib import Path
 from typing import Any
 
 from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
+from tier3.streams import offsets
+from tier3.streams.offsets import Partition
 from tier3.streams.settings import KafkaSettings
 from tier3.streams.topics import admin_client
 
@@ -162,7 +164,7 @@ class ConsumerGroups:
         listing = _result(self.admin.list_consumer_groups(request_timeout=_TIMEOUT), "list groups")
         return sorted(g.group_id for g in listing.valid)
 
-    def committed(self, group: str) -> dict[tuple[str, int], int]:
+    def committed(self, group: str) -> dict[Partition, int]:
         """The group's committed offsets, by (topic, partition)."""
         request = [ConsumerGroupTopicPartitions(group)]
         futures = self.admin.list_consumer_group_offsets(request, request_timeout=_TIMEOUT)
@@ -179,41 +181,23 @@ class ConsumerGroups:
         futures = self.admin.describe_consumer_groups(groups, request_timeout=_TIMEOUT)
         return {g: _result(f, f"describing group {g!r}") for g, f in futures.items()}
 
-    def watermarks(
-        self, partitions: Iterable[tuple[str, int]]
-    ) -> dict[tuple[str, int], tuple[int, int]]:
-        """(low, high) watermark of each partition."""
-        parts = list(partitions)
-        low = self._list_offsets(parts, OffsetSpec.earliest())
-        high = self._list_offsets(parts, OffsetSpec.latest())
-        return {p: (low[p], high[p]) for p in parts}
+    def watermarks(self, partitions: Iterable[Partition]) -> dict[Partition, tuple[int, int]]:
+        return self._offsets(offsets.watermarks, list(partitions))
 
-    def offsets_for_time(
-        self, partitions: Iterable[tuple[str, int]], ms: int
-    ) -> dict[tuple[str, int], int]:
-        """The first offset at or after ``ms`` in each partition (-1 where there is none)."""
-        return self._list_offsets(list(partitions), OffsetSpec.for_timestamp(ms))
+    def offsets_for_time(self, partitions: Iterable[Partition], ms: int) -> dict[Partition, int]:
+        return self._offsets(offsets.offsets_for_time, list(partitions), ms)
 
-    def _list_offsets(
-        self, parts: list[tuple[str, int]], spec: OffsetSpec
-    ) -> dict[tuple[str, int], int]:
-        if not parts:
-            return {}
-        futures = self.admin.list_offsets(
-            {TopicPartition(t, p): spec for t, p in parts}, request_timeout=_TIMEOUT
-        )
-        return {
-            (tp.topic, tp.partition): _result(
-                f, f"listing offsets of {tp.topic}[{tp.partition}]"
-            ).offset
-            for tp, f in futures.items()
-        }
+    def _offsets(self, lookup: Any, *args: Any) -> Any:
+        try:
+            return lookup(self.admin, *args)
+        except offsets.OffsetLookupError as exc:
+            raise GroupError(str(exc)) from exc
 
-    def partitions_of(self, topic: str) -> list[tuple[str, int]]:
-        meta = self.admin.list_topics(topic, timeout=_TIMEOUT).topics.get(topic)
-        if meta is None or meta.error is not None:
-            raise GroupError(f"topic {topic} does not exist")
-        return [(topic, p) for p in sorted(meta.partitions)]
+    def partitions_of(self, topic: str) -> list[Partition]:
+        try:
+            return offsets.partitions_of(self.admin, topic)
+        except LookupError as exc:
+            raise GroupError(str(exc)) from exc
 
     def describe(self, group: str) -> GroupDescription:
         """State, members and per-partition lag of one group."""
