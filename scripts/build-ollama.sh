@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Build a real Ollama server from the Go module proxy and cache the binary.
+#
+# Why build: the deploy tests talk to a real `ollama serve` (create-from-GGUF with quantize,
+# generate), not a stand-in. Ollama's Go module builds with plain `go install` and cgo (its
+# CPU backend of ggml is compiled from the vendored C sources), which takes minutes on two
+# cores, so the binary is cached under ~/.cache/tier3/ollama-<version>/ and reused.
+#
+# Usage: scripts/build-ollama.sh [version]     prints the binary's path on stdout.
+set -euo pipefail
+
+version="${1:-${TIER3_OLLAMA_VERSION:-v0.17.4}}"
+cache="${TIER3_OLLAMA_CACHE:-$HOME/.cache/tier3}/ollama-${version}"
+binary="$cache/bin/ollama"
+mkdir -p "$cache"
+
+if [[ -x "$binary" ]]; then
+    echo "$binary"
+    exit 0
+fi
+
+# The module zip leaves out llama.cpp's vendored headers (Go drops vendor/ folders from module
+# zips): nlohmann/json and stb come from Debian's packages, miniaudio (one header) from the
+# sources of the `miniaudio` package on PyPI, which ship the same header.
+packages=()
+[[ -f /usr/include/nlohmann/json_fwd.hpp ]] || packages+=(nlohmann-json3-dev)
+[[ -f /usr/include/stb/stb_image.h ]] || packages+=(libstb-dev)
+if (( ${#packages[@]} )); then
+    if [[ $(id -u) -eq 0 ]]; then
+        (apt-get update -qq && apt-get install -y -qq "${packages[@]}") >&2
+    else
+        echo "install ${packages[*]} (Debian) first: ollama's C++ code needs them" >&2
+        exit 1
+    fi
+fi
+include="$cache/include"
+if [[ ! -f "$include/miniaudio/miniaudio.h" ]]; then
+    python="${PYTHON:-python3}"  # any Python with pip
+    work=$(mktemp -d)
+    "$python" -m pip download -q --no-binary :all: --no-deps "miniaudio==1.71" -d "$work" >&2
+    tar -xzf "$work"/miniaudio-*.tar.gz -C "$work"
+    mkdir -p "$include/miniaudio"
+    cp "$work"/miniaudio-*/miniaudio/miniaudio.h "$include/miniaudio/"
+    rm -rf "$work"
+fi
+
+start=$(date +%s)
+# GOBIN puts the binary in the cache; the module cache is the user's, so a rebuild reuses it.
+GOFLAGS=-mod=mod CGO_ENABLED=1 GOBIN="$cache/bin.partial" \
+    CGO_CFLAGS="-O2 -I$include" CGO_CXXFLAGS="-O2 -I$include" \
+    nice -n 10 go install "github.com/ollama/ollama@${version}" >&2
+mv "$cache/bin.partial" "$cache/bin"
+echo "built ollama ${version} in $(( $(date +%s) - start ))s" >&2
+echo "$(( $(date +%s) - start ))" > "$cache/build-seconds"
+echo "$binary"
