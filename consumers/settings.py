@@ -87,6 +87,6 @@ class CaptureSettings(BaseSettings):
     def teacher_model_name(self) -> str:
         if self.teacher_model:
             return self.teacher_model
-        return {"anthropic": "claude-sonnet-4-5", "ollama": "llama3.1:70b"}.get(
+        return {"anthropic": "claude-sonnet-4-6", "ollama": "llama3.1:70b"}.get(
             self.teacher_provider or "offline", "reference-rules"
         )

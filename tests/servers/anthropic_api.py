@@ -86,7 +86,7 @@ class AnthropicServer(ServerThread):
             body = await request.json()
         except json.JSONDecodeError:
             return error_response(400, "body is not JSON")
-        self.requests.append(body)
+        self.record(body)
         prompt = prompt_of(body)
         await self.pause()
         fault = self.faults.take(prompt)

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from typing import Self
 
 from aiohttp import web
 
 
 class ServerThread:
-    """Base of the fake servers: ``with Server() as s: s.url``; ``.requests`` logs the bodies."""
+    """Base of the fake servers: ``with Server() as s: s.url``; ``.requests`` logs the bodies.
+
+    ``.arrivals`` holds when each request came; ``.max_in_flight`` the most answered at once.
+    """
 
     def __init__(self, port: int = 0, delay_s: float = 0.0) -> None:
         self.port = port
         self.delay_s = delay_s
         self.requests: list[dict] = []
+        self.arrivals: list[float] = []  # time.monotonic() of each logged request
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
@@ -57,6 +62,11 @@ class ServerThread:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def record(self, body: dict) -> None:
+        """Log a request body and when it came."""
+        self.arrivals.append(time.monotonic())
+        self.requests.append(body)
 
     async def pause(self) -> None:
         """The configured answer delay, counting the request as in flight meanwhile."""

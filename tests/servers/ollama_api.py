@@ -83,7 +83,7 @@ class OllamaServer(ServerThread):
             body = await request.json()
         except json.JSONDecodeError:
             body = {}
-        self.requests.append({**body, "_path": request.path})
+        self.record({**body, "_path": request.path})
         return body
 
     async def _answer(self, body: dict[str, Any], prompt: str) -> tuple[str, str] | web.Response:
