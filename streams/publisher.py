@@ -1,15 +1,21 @@
 """The backend's side of tier3: publish experiences and feedback without ever slowing a request.
 
-``publish()`` encodes the event (Avro, a few microseconds) and hands it to librdkafka's in-memory
-queue; it never waits for the network. A background thread serves delivery reports. When the
-broker is away, events wait in the queue (``buffer_messages``) and go out once it is back, within
-``delivery_timeout_ms``. What does not fit is handled by ``on_full``:
+``publish()`` only appends the event to an in-memory queue (about a microsecond) and returns; a
+background sender thread encodes it (Avro, several microseconds) and hands it to librdkafka,
+which batches, compresses and delivers it. So the backend's request path never pays for encoding
+or the network, the design analytics clients (Segment's, Sentry's) settled on.
+
+When the broker is away, events wait in memory and go out once it is back, within
+``delivery_timeout_ms``. ``buffer_messages`` bounds what waits (queued and in librdkafka
+together). What does not fit is handled by ``on_full``:
 
 * ``"drop"`` (default): the event is dropped at once, counted, and logged (at most once a second),
   because a backend must never stall on analytics;
 * ``"block"``: wait up to ``block_ms`` for room, then drop.
 
 The producer is idempotent with ``acks=all``: retries inside librdkafka never duplicate an event.
+A record that does not fit its schema is counted as ``invalid`` and logged, without its content.
+``publish`` takes a shallow copy of the record, so the caller may reuse its dict.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -25,7 +32,7 @@ import structlog
 from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
-from tier3.schemas import Codec, codec_for
+from tier3.schemas import Codec, EncodeError, codec_for
 from tier3.schemas.codec import Record
 from tier3.schemas.registry import EXPERIENCE, FEEDBACK
 from tier3.streams.settings import CaptureSwitch, KafkaSettings
@@ -44,14 +51,15 @@ class PublisherStats:
     accepted: int = 0
     dropped: int = 0
     failed: int = 0
+    invalid: int = 0
     disabled: int = 0
-    last_error: str | None = None
     pending: int = 0
+    last_error: str | None = None
     errors_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
     def delivered(self) -> int:
-        return self.accepted - self.failed - self.pending
+        return self.accepted - self.failed - self.invalid - self.pending
 
 
 @dataclass
@@ -64,6 +72,9 @@ class PublisherConfig:
     block_ms: int = 50
     compression: str = "lz4"
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+_Queued = tuple[str, str, Record]
 
 
 class Publisher:
@@ -83,16 +94,18 @@ class Publisher:
         self.stats = PublisherStats()
         self._codec = codec or codec_for(self.settings.framing, self.settings.schema_registry_url)
         self._topics = {event: self.settings.topic(t) for event, t in _TOPIC_OF_EVENT.items()}
+        self._queue: deque[_Queued] = deque()
+        self._in_librdkafka = 0  # refreshed by the sender; bounds the buffer with the queue
         self._last_drop_log = 0.0
         self._closed = False
         self._producer: Producer | None = None
-        self._poller: threading.Thread | None = None
+        self._sender: threading.Thread | None = None
         if self.enabled:
             self._producer = Producer(self._producer_config())
-            self._poller = threading.Thread(
-                target=self._poll_forever, name="tier3-publisher", daemon=True
+            self._sender = threading.Thread(
+                target=self._send_forever, name="tier3-publisher", daemon=True
             )
-            self._poller.start()
+            self._sender.start()
 
     def _producer_config(self) -> dict[str, Any]:
         c = self.config
@@ -114,19 +127,21 @@ class Publisher:
             **c.extra,
         }
 
-    # -- the hot path ---------------------------------------------------------------------------
+    # -- the hot path: the caller's thread --
 
     def publish(self, event: str, key: str, record: Record) -> bool:
         """Queue one event for delivery. Returns at once: True if queued, False if not."""
         if self._producer is None:
             self.stats.disabled += 1
             return False
-        value = self._codec.encode(event, record)
-        topic = self._topics.get(event) or self._topic_for(event)
-        try:
-            self._producer.produce(topic, value, key.encode())
-        except BufferError:
-            return self._when_full(topic, key, value)
+        if event not in self._topics:
+            raise ValueError(
+                f"the backend publisher sends Experience and Feedback events, not {event}; "
+                "use tier3.streams.events.EventProducer for pipeline events"
+            )
+        if len(self._queue) + self._in_librdkafka >= self.config.buffer_messages:
+            return self._when_full(event, key, record)
+        self._queue.append((event, key, dict(record)))
         self.stats.accepted += 1
         return True
 
@@ -138,26 +153,15 @@ class Publisher:
         """Publish a Feedback, keyed by its query_id."""
         return self.publish(FEEDBACK, record["query_id"], record)
 
-    # -- the cold paths -------------------------------------------------------------------------
-
-    def _topic_for(self, event: str) -> str:
-        raise ValueError(
-            f"the backend publisher sends Experience and Feedback events, not {event}; "
-            "use tier3.streams.events.EventProducer for pipeline events"
-        )
-
-    def _when_full(self, topic: str, key: str, value: bytes) -> bool:
-        assert self._producer is not None
+    def _when_full(self, event: str, key: str, record: Record) -> bool:
         if self.config.on_full == "block":
             deadline = time.monotonic() + self.config.block_ms / 1000
             while time.monotonic() < deadline:
-                self._producer.poll(0.005)
-                try:
-                    self._producer.produce(topic, value, key.encode())
-                except BufferError:
-                    continue
-                self.stats.accepted += 1
-                return True
+                time.sleep(0.0005)
+                if len(self._queue) + self._in_librdkafka < self.config.buffer_messages:
+                    self._queue.append((event, key, dict(record)))
+                    self.stats.accepted += 1
+                    return True
         self.stats.dropped += 1
         now = time.monotonic()
         if now - self._last_drop_log > 1.0:
@@ -169,6 +173,44 @@ class Publisher:
                 policy=self.config.on_full,
             )
         return False
+
+    # -- the sender thread --
+
+    def _send_forever(self) -> None:
+        assert self._producer is not None
+        producer, queue = self._producer, self._queue
+        while True:
+            if not queue:
+                if self._closed:
+                    return
+                producer.poll(0.001)  # serves delivery reports while idle
+            sent = 0
+            while queue and sent < 10_000:
+                event, key, record = queue[0]
+                if not self._produce(producer, event, key, record):
+                    break  # librdkafka is full (broker away): keep the event, wait
+                queue.popleft()
+                sent += 1
+            producer.poll(0)
+            self._in_librdkafka = len(producer)
+            self.stats.pending = len(queue) + self._in_librdkafka
+
+    def _produce(self, producer: Producer, event: str, key: str, record: Record) -> bool:
+        try:
+            value = self._codec.encode(event, record)
+        except EncodeError as exc:
+            self.stats.invalid += 1
+            self.stats.last_error = str(exc)
+            log.error(
+                "event does not fit its schema; not published", event_type=event, reason=str(exc)
+            )
+            return True
+        try:
+            producer.produce(self._topics[event], value, key.encode())
+        except BufferError:
+            producer.poll(0.05)
+            return False
+        return True
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -189,19 +231,16 @@ class Publisher:
         self.stats.last_error = err.str()
         log.warning("kafka client error", reason=err.str(), fatal=err.fatal())
 
-    def _poll_forever(self) -> None:
-        assert self._producer is not None
-        while not self._closed:
-            self._producer.poll(0.1)
-            self.stats.pending = len(self._producer)
-
-    # -- lifecycle ------------------------------------------------------------------------------
+    # -- lifecycle --
 
     def flush(self, timeout: float = 30.0) -> int:
         """Wait until queued events are delivered (or ``timeout``). Returns how many remain."""
         if self._producer is None:
             return 0
-        remaining = self._producer.flush(timeout)
+        deadline = time.monotonic() + timeout
+        while self._queue and time.monotonic() < deadline:
+            time.sleep(0.005)
+        remaining = self._producer.flush(max(0.0, deadline - time.monotonic())) + len(self._queue)
         self.stats.pending = remaining
         return remaining
 
@@ -209,8 +248,8 @@ class Publisher:
         """Flush and stop. Returns the number of events that could not be delivered in time."""
         remaining = self.flush(timeout)
         self._closed = True
-        if self._poller is not None:
-            self._poller.join(timeout=1.0)
+        if self._sender is not None:
+            self._sender.join(timeout=1.0)
         if remaining:
             log.error("publisher closed with undelivered events", undelivered=remaining)
         return remaining
@@ -244,6 +283,7 @@ class _PublisherCollector(Collector):
             ("delivered", s.delivered),
             ("failed", s.failed),
             ("dropped", s.dropped),
+            ("invalid", s.invalid),
             ("disabled", s.disabled),
         ):
             events.add_metric([outcome], value)

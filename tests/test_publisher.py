@@ -123,3 +123,26 @@ def test_events_published_during_a_broker_restart_arrive_once(tmp_path: Path) ->
         assert publisher.stats.failed == 0
     finally:
         broker.stop()
+
+
+def test_a_record_that_breaks_its_schema_is_counted_not_raised(kafka: KafkaSettings) -> None:
+    with capture_logs() as logs, Publisher(kafka, enabled=True) as publisher:
+        assert publisher.publish_experience({**SAMPLES["Experience"], "confidence": "high"})
+        assert publisher.publish_experience(SAMPLES["Experience"])
+    assert publisher.stats.invalid == 1
+    assert publisher.stats.delivered == 1
+    invalid = [e for e in logs if e["event"] == "event does not fit its schema; not published"]
+    assert len(invalid) == 1 and invalid[0]["event_type"] == "Experience"
+    assert len(read_all(kafka, EXPERIENCES)) == 1
+
+
+def test_metrics_expose_the_outcomes(kafka: KafkaSettings) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    registry = CollectorRegistry()
+    with Publisher(kafka, enabled=True) as publisher:
+        publisher.register_metrics(registry)
+        publisher.publish_feedback(SAMPLES["Feedback"])
+    text = generate_latest(registry).decode()
+    assert 'tier3_publisher_events_total{outcome="delivered"} 1.0' in text
+    assert 'tier3_publisher_events_total{outcome="dropped"} 0.0' in text
