@@ -23,6 +23,8 @@ from confluent_kafka import KafkaException
 from rich.console import Console
 from rich.table import Table
 from tier3.streams.settings import KafkaSettings, LocalSettings
+from tier3.streams.topics import CAPTURE_JOBS as CAPTURE_JOBS_TOPIC
+from tier3.streams.topics import EXPERIENCES as EXPERIENCES_TOPIC
 
 console = Console(stderr=True)
 out = Console()
@@ -251,6 +253,172 @@ def groups_reset(
         out.print("dry run: nothing changed; add --execute to apply")
 
 
+# -- replay -------------------------------------------------------------------------------------
+
+replay_app = typer.Typer(
+    help="Replay a window of history through the pipeline (dry run unless --execute).",
+    no_args_is_help=True,
+)
+
+SinceOpt = Annotated[
+    str | None,
+    typer.Option(help="Window start, inclusive (ISO 8601, UTC unless an offset is given, or ms)."),
+]
+UntilOpt = Annotated[str | None, typer.Option(help="Window end, exclusive (same formats).")]
+FromOffsetOpt = Annotated[int | None, typer.Option(help="First offset, inclusive.")]
+ToOffsetOpt = Annotated[int | None, typer.Option(help="Last offset, exclusive.")]
+PartitionOpt = Annotated[
+    list[int] | None, typer.Option("--partition", "-p", help="Only this partition; repeatable.")
+]
+TargetOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Send jobs to the topics of this prefix (created if missing) instead of "
+        "the live capture-jobs topic."
+    ),
+]
+ExecuteOpt = Annotated[
+    bool, typer.Option("--execute", help="Send the jobs (default: dry run, show the counts).")
+]
+RateOpt = Annotated[float | None, typer.Option(help="At most this many jobs per second.")]
+
+
+def _window(
+    since: str | None,
+    until: str | None,
+    from_offset: int | None,
+    to_offset: int | None,
+    partition: list[int] | None,
+) -> Any:
+    from tier3.streams.replay import Window
+
+    return Window(
+        since=_parse_time(since) if since else None,
+        until=_parse_time(until) if until else None,
+        from_offset=from_offset,
+        to_offset=to_offset,
+        partitions=tuple(partition) if partition else None,
+    )
+
+
+def _run_replay(
+    action: str, window: Any, target_prefix: str | None, rate: float | None, as_json: bool, run: Any
+) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from tier3.streams.replay import Replayer, ReplayError, resolve
+
+    with _operator_errors(ReplayError, LookupError):
+        replayer = Replayer(KafkaSettings(), target_prefix=target_prefix, rate=rate)
+        total = sum(
+            r.size for r in resolve(replayer.admin, replayer.settings.topic(action), window)
+        )
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+        with Progress(*columns, console=console, transient=True, disable=as_json) as progress:
+            task = progress.add_task("reading window", total=total)
+            report = run(replayer, lambda n: progress.advance(task, n))
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    table = Table("topic", "partition", "from offset", "to offset", "messages")
+    for r in report.ranges:
+        table.add_row(r.topic, str(r.partition), str(r.start), str(r.end), str(r.size))
+    out.print(table)
+    chosen = ", ".join(f"{k} {v}" for k, v in sorted(report.chosen.items())) or "none"
+    out.print(
+        f"read {report.read} ({report.undecodable} undecodable, {report.duplicates} "
+        f"repeated queries); jobs: {chosen}; target {report.target}"
+    )
+    if report.executed:
+        out.print(f"sent {report.sent} jobs (replay id {report.replay_id})")
+    else:
+        out.print("dry run: nothing sent; add --execute to send")
+
+
+@replay_app.command("resample")
+def replay_resample(
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    from_offset: FromOffsetOpt = None,
+    to_offset: ToOffsetOpt = None,
+    partition: PartitionOpt = None,
+    sample_rate: Annotated[
+        float | None, typer.Option(help="New random share [default: TIER3_SAMPLE_RATE].")
+    ] = None,
+    high_confidence: Annotated[
+        float | None,
+        typer.Option(
+            help="New confidence threshold, negative for off [default: TIER3_HIGH_CONFIDENCE]."
+        ),
+    ] = None,
+    low_rating: Annotated[
+        int | None,
+        typer.Option(
+            help="Also capture answers rated at most this, 0 for off [default: TIER3_LOW_RATING]."
+        ),
+    ] = None,
+    feedback_grace: Annotated[
+        float, typer.Option(help="Seconds after the window in which feedback still counts.")
+    ] = 600.0,
+    target_prefix: TargetOpt = None,
+    execute: ExecuteOpt = False,
+    rate: RateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Decide a window of experiences again with a new capture policy; send the chosen jobs.
+
+    Sampling is a hash of the query_id, so the same policy makes the same choices; jobs are keyed
+    by query_id, so replaying a window twice does not add a query twice.
+    """
+    from dataclasses import replace
+
+    from tier3.streams.sampling import PolicySettings
+
+    policy = PolicySettings().policy()
+    if sample_rate is not None:
+        policy = replace(policy, random_rate=sample_rate)
+    if high_confidence is not None:
+        policy = replace(policy, high_confidence=high_confidence if high_confidence >= 0 else None)
+    if low_rating is not None:
+        policy = replace(policy, low_rating=low_rating or None)
+    window = _window(since, until, from_offset, to_offset, partition)
+    _run_replay(
+        EXPERIENCES_TOPIC,
+        window,
+        target_prefix,
+        rate,
+        as_json,
+        lambda r, progress: r.resample(
+            window, policy, execute=execute, feedback_grace_s=feedback_grace, progress=progress
+        ),
+    )
+
+
+@replay_app.command("recapture")
+def replay_recapture(
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    from_offset: FromOffsetOpt = None,
+    to_offset: ToOffsetOpt = None,
+    partition: PartitionOpt = None,
+    target_prefix: TargetOpt = None,
+    execute: ExecuteOpt = False,
+    rate: RateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a window of capture jobs again (reason 'replay'), e.g. after changing the teacher
+    prompt: the capture consumers overwrite each query's trace, they do not add a second one."""
+    window = _window(since, until, from_offset, to_offset, partition)
+    _run_replay(
+        CAPTURE_JOBS_TOPIC,
+        window,
+        target_prefix,
+        rate,
+        as_json,
+        lambda r, progress: r.recapture(window, execute=execute, progress=progress),
+    )
+
+
 def register(app: typer.Typer, run_app: typer.Typer) -> None:
     """Add the operators' commands to the ``tier3`` command line."""
     app.add_typer(groups_app, name="groups")
+    app.add_typer(replay_app, name="replay")

@@ -1,0 +1,423 @@
+"""Replay: run a window of history through the pipeline again.
+
+Two replays, both ending on ``capture-jobs``, where the capture consumers pick the jobs up:
+
+* **resample**: read the experiences of a window (and their feedback), decide again with a new
+  capture policy (``sampling.decide``, the sampler's own function), and send a job for every
+  query the new policy chooses. The job's reason is the policy's (``random``,
+  ``high_confidence``, ...), as the live sampler would have written it.
+* **recapture**: read the capture jobs of a window and send them again with reason ``replay``,
+  so that capture consumers running with a new teacher prompt or model write new traces.
+
+A window is a time range (``since`` ≤ timestamp < ``until``, found with the broker's
+offsets-for-times index), an offset range (``from_offset`` ≤ offset < ``to_offset``), or both,
+on every partition or only the ones named. Its end is fixed when the replay starts, so replaying
+into the topic being read never loops.
+
+**Idempotent.** Jobs are keyed by query_id and a query appears once per replay (the last job of a
+query in the window wins). Downstream, the capture consumers write the trace object under a key
+derived from the query_id and the trace to the compacted ``traces`` topic keyed by query_id, so a
+replayed query overwrites its trace rather than adding one: replaying a window twice leaves the
+dataset the same size.
+
+**Dry run first.** Without ``execute`` the window is read and decided, and the counts (read,
+chosen by reason, undecodable) are reported, but nothing is sent. A message that does not decode
+is counted and skipped: the live consumer already sent it to the dead-letter topic when it first
+met it. ``target_prefix`` sends the jobs to another deployment's topics (created if missing)
+instead of the live ones; ``rate`` caps the jobs sent per second.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import structlog
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+from tier3.schemas import DecodeError
+from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE, FEEDBACK
+from tier3.streams import offsets
+from tier3.streams.events import EventProducer, codec_of
+from tier3.streams.sampling import Policy, decide
+from tier3.streams.settings import KafkaSettings
+from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES, admin_client, create_topics
+from tier3.streams.topics import FEEDBACK as FEEDBACK_TOPIC
+
+log = structlog.get_logger("tier3.replay")
+
+RESAMPLE = "resample"
+RECAPTURE = "recapture"
+REPLAY_REASON = "replay"
+HEADER_REPLAY_ID = "tier3.replay.id"
+HEADER_REPLAY_SOURCE = "tier3.replay.source"
+
+Progress = Callable[[int], None]
+
+
+class ReplayError(RuntimeError):
+    """A replay that cannot run as asked; the message says why."""
+
+
+@dataclass(frozen=True)
+class Window:
+    """Which part of a topic's history to replay. Every bound is optional."""
+
+    since: datetime | None = None
+    until: datetime | None = None
+    from_offset: int | None = None
+    to_offset: int | None = None
+    partitions: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Range:
+    """Offsets ``start`` ≤ offset < ``end`` of one partition."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+@dataclass
+class ReplayReport:
+    """What a replay read, chose and sent (nothing sent in a dry run)."""
+
+    mode: str
+    replay_id: str
+    source: str
+    target: str
+    ranges: list[Range]
+    executed: bool = False
+    read: int = 0
+    undecodable: int = 0
+    duplicates: int = 0
+    chosen: Counter[str] = field(default_factory=Counter)
+    sent: int = 0
+    failed: int = 0
+
+    @property
+    def window_size(self) -> int:
+        return sum(r.size for r in self.ranges)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "replay_id": self.replay_id,
+            "executed": self.executed,
+            "source": self.source,
+            "target": self.target,
+            "window": [r.__dict__ for r in self.ranges],
+            "window_size": self.window_size,
+            "read": self.read,
+            "undecodable": self.undecodable,
+            "duplicates": self.duplicates,
+            "chosen": dict(self.chosen),
+            "jobs": sum(self.chosen.values()),
+            "sent": self.sent,
+            "failed": self.failed,
+        }
+
+
+def _ms(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def resolve(admin: AdminClient, topic: str, window: Window) -> list[Range]:
+    """The offset ranges of ``topic`` that ``window`` covers, as the broker has them now."""
+    try:
+        parts = offsets.partitions_of(admin, topic)
+    except LookupError as exc:
+        raise ReplayError(str(exc)) from exc
+    if window.partitions is not None:
+        unknown = set(window.partitions) - {p for _, p in parts}
+        if unknown:
+            raise ReplayError(f"{topic} has no partition {sorted(unknown)} ({len(parts)} in all)")
+        parts = [tp for tp in parts if tp[1] in window.partitions]
+    marks = offsets.watermarks(admin, parts)
+    since = offsets.offsets_for_time(admin, parts, _ms(window.since)) if window.since else {}
+    until = offsets.offsets_for_time(admin, parts, _ms(window.until)) if window.until else {}
+    ranges = []
+    for tp in parts:
+        low, high = marks[tp]
+        start, end = low, high
+        if tp in since:
+            start = max(start, since[tp] if since[tp] >= 0 else high)  # -1: nothing that late
+        if tp in until:
+            end = min(end, until[tp] if until[tp] >= 0 else high)
+        if window.from_offset is not None:
+            start = max(start, window.from_offset)
+        if window.to_offset is not None:
+            end = min(end, window.to_offset)
+        ranges.append(Range(tp[0], tp[1], start, max(start, end)))
+    return ranges
+
+
+def read_ranges(
+    settings: KafkaSettings, ranges: list[Range], timeout: float = 60.0
+) -> Iterator[Message]:
+    """Every message in ``ranges``, partition by partition in offset order. No group, no commit."""
+    todo = {r.partition: r for r in ranges if r.size > 0}
+    if not todo:
+        return
+    topic = next(iter(todo.values())).topic
+    c = Consumer(
+        {
+            **settings.client_config(),
+            "group.id": f"tier3-replay-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "log_level": 3,
+        }
+    )
+    try:
+        c.assign([TopicPartition(topic, r.partition, r.start) for r in todo.values()])
+        deadline = time.monotonic() + timeout
+        while todo:
+            if time.monotonic() > deadline:
+                raise ReplayError(f"{topic}: window not read within {timeout:.0f}s")
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            r = todo.get(msg.partition())
+            if msg.error():
+                # End of partition: compaction or transaction markers can leave the window's last
+                # offsets without a message, so reaching the log's end also finishes the range.
+                if msg.error().code() == KafkaError._PARTITION_EOF and r is not None:
+                    todo.pop(r.partition)
+                continue
+            if r is None or msg.offset() >= r.end:
+                if r is not None:
+                    todo.pop(r.partition)
+                continue
+            deadline = time.monotonic() + timeout
+            yield msg
+            if msg.offset() + 1 >= r.end:
+                todo.pop(r.partition)
+    finally:
+        c.close()
+
+
+def capture_job(
+    experience: dict[str, Any], feedback: dict[str, Any] | None, reason: str, created_at_ms: int
+) -> dict[str, Any]:
+    """The CaptureJob for an experience (and its feedback), as the sampler writes it."""
+    return {
+        "query_id": experience["query_id"],
+        "created_at": created_at_ms,
+        "reason": reason,
+        "query": experience["query"],
+        "context": experience["context"],
+        "original_response": experience["response"],
+        "original_model": experience["model"],
+        "model_variant": experience["model_variant"],
+        "confidence": experience["confidence"],
+        "rating": feedback["rating"] if feedback else None,
+    }
+
+
+class _Pacer:
+    """Keep to ``rate`` sends per second (no limit when None)."""
+
+    def __init__(self, rate: float | None) -> None:
+        if rate is not None and rate <= 0:
+            raise ReplayError("--rate must be positive")
+        self.interval = 1.0 / rate if rate else 0.0
+        self.next_at = time.monotonic()
+
+    def wait(self) -> None:
+        if not self.interval:
+            return
+        now = time.monotonic()
+        if self.next_at > now:
+            time.sleep(self.next_at - now)
+        self.next_at = max(self.next_at, now) + self.interval
+
+
+class Replayer:
+    """Replays windows of one deployment's history into its own or another prefix's topics."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        *,
+        target_prefix: str | None = None,
+        rate: float | None = None,
+        admin: AdminClient | None = None,
+    ) -> None:
+        self.settings = settings
+        self.target = (
+            settings.model_copy(update={"topic_prefix": target_prefix})
+            if target_prefix is not None
+            else settings
+        )
+        self.rate = rate
+        self.admin = admin or admin_client(settings)
+        self.codec = codec_of(settings)
+
+    def _report(self, mode: str, source: str, window: Window) -> ReplayReport:
+        return ReplayReport(
+            mode,
+            uuid.uuid4().hex[:12],
+            self.settings.topic(source),
+            self.target.topic(CAPTURE_JOBS),
+            resolve(self.admin, self.settings.topic(source), window),
+        )
+
+    def resample(
+        self,
+        window: Window,
+        policy: Policy,
+        *,
+        execute: bool = False,
+        feedback_grace_s: float = 600.0,
+        progress: Progress | None = None,
+    ) -> ReplayReport:
+        """Decide the window's experiences again with ``policy``; send the chosen jobs."""
+        report = self._report(RESAMPLE, EXPERIENCES, window)
+        latest: dict[str, tuple[int, dict[str, Any]]] = {}
+        first_ms = last_ms = None
+        for msg in read_ranges(self.settings, report.ranges):
+            record = self._decode(msg, EXPERIENCE, report, progress)
+            if record is None:
+                continue
+            ts = msg.timestamp()[1]
+            first_ms = ts if first_ms is None else min(first_ms, ts)
+            last_ms = ts if last_ms is None else max(last_ms, ts)
+            report.duplicates += record["query_id"] in latest
+            latest[record["query_id"]] = (msg.partition(), record)
+        feedback = {}
+        if latest and first_ms is not None and last_ms is not None:
+            feedback = self._feedback(set(latest), first_ms, last_ms + int(feedback_grace_s * 1000))
+        now_ms = int(time.time() * 1000)
+        jobs = []
+        for query_id, (partition, experience) in latest.items():
+            reason = decide(experience, feedback.get(query_id), policy)
+            if reason is not None:
+                report.chosen[reason] += 1
+                job = capture_job(experience, feedback.get(query_id), reason, now_ms)
+                jobs.append((partition, job))
+        if execute:
+            self._send(report, jobs)
+        return report
+
+    def recapture(
+        self, window: Window, *, execute: bool = False, progress: Progress | None = None
+    ) -> ReplayReport:
+        """Send the window's capture jobs again, with reason ``replay``."""
+        report = self._report(RECAPTURE, CAPTURE_JOBS, window)
+        latest: dict[str, tuple[int, dict[str, Any]]] = {}
+        for msg in read_ranges(self.settings, report.ranges):
+            record = self._decode(msg, CAPTURE_JOB, report, progress)
+            if record is None:
+                continue
+            report.duplicates += record["query_id"] in latest
+            latest[record["query_id"]] = (msg.partition(), {**record, "reason": REPLAY_REASON})
+        report.chosen[REPLAY_REASON] = len(latest)
+        if execute:
+            self._send(report, list(latest.values()))
+        return report
+
+    def _decode(
+        self, msg: Message, event: str, report: ReplayReport, progress: Progress | None
+    ) -> dict[str, Any] | None:
+        report.read += 1
+        if progress is not None:
+            progress(1)
+        try:
+            return self.codec.decode(msg.value(), expect=event).record
+        except DecodeError as exc:
+            report.undecodable += 1
+            log.warning(
+                "replay skips an undecodable message",
+                topic=msg.topic(),
+                partition=msg.partition(),
+                offset=msg.offset(),
+                reason=str(exc),
+            )
+            return None
+
+    def _feedback(
+        self, query_ids: set[str], since_ms: int, until_ms: int
+    ) -> dict[str, dict[str, Any]]:
+        """The first feedback of each query, from the time span its experiences cover."""
+        window = Window(
+            since=datetime.fromtimestamp(since_ms / 1000, UTC),
+            until=datetime.fromtimestamp(until_ms / 1000, UTC),
+        )
+        ranges = resolve(self.admin, self.settings.topic(FEEDBACK_TOPIC), window)
+        found: dict[str, dict[str, Any]] = {}
+        for msg in read_ranges(self.settings, ranges):
+            try:
+                record = self.codec.decode(msg.value(), expect=FEEDBACK).record
+            except DecodeError:
+                continue  # dead-lettered by the sampler when it first met it
+            if record["query_id"] in query_ids:
+                found.setdefault(record["query_id"], record)
+        return found
+
+    def _send(self, report: ReplayReport, jobs: list[tuple[int, dict[str, Any]]]) -> None:
+        if self.target is not self.settings:
+            create_topics(self.target)
+        target = report.target
+        same_layout = len(offsets.partitions_of(self.admin, target)) == len(
+            offsets.partitions_of(self.admin, report.source)
+        )
+        producer = EventProducer(self.target, codec=self.codec)
+        failures: list[str] = []
+
+        def delivered(err: KafkaError | None, _: Message) -> None:
+            if err is not None:
+                failures.append(err.str())
+
+        pacer = _Pacer(self.rate)
+        headers = [
+            (HEADER_REPLAY_ID, report.replay_id.encode()),
+            (HEADER_REPLAY_SOURCE, report.source.encode()),
+        ]
+        for partition, job in jobs:
+            pacer.wait()
+            value = self.codec.encode(CAPTURE_JOB, job)
+            # The job goes where the live sampler puts it: the source's partition for the key.
+            extra = {"partition": partition} if same_layout else {}
+            while True:
+                try:
+                    producer.raw.produce(
+                        target,
+                        value,
+                        job["query_id"].encode(),
+                        headers=headers,
+                        on_delivery=delivered,
+                        **extra,
+                    )
+                    break
+                except BufferError:
+                    producer.poll(0.05)
+            producer.poll(0)
+        remaining = producer.flush(60)
+        report.failed = len(failures) + remaining
+        report.sent = len(jobs) - report.failed
+        report.executed = True
+        log.info(
+            "replay sent",
+            replay_id=report.replay_id,
+            mode=report.mode,
+            sent=report.sent,
+            failed=report.failed,
+            target=target,
+        )
+        if report.failed:
+            raise ReplayError(
+                f"{report.failed} of {len(jobs)} jobs not delivered ({failures[:1]}); "
+                "replaying the same window again is safe"
+            )

@@ -1,0 +1,217 @@
+"""``tier3 replay`` against the real broker: windows by time and by offsets, dry run first, and
+two replays of one window that add no query twice."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE
+from tier3.streams.events import EventProducer
+from tier3.streams.publisher import Publisher
+from tier3.streams.replay import (
+    HEADER_REPLAY_ID,
+    REPLAY_REASON,
+    Replayer,
+    ReplayError,
+    Window,
+)
+from tier3.streams.sampling import Policy, decide
+from tier3.streams.settings import KafkaSettings
+from tier3.streams.simulate import simulate
+from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES
+
+from tests.kafka_reading import read_all, read_events
+
+# Half at random, nothing for confidence: a policy unlike the default, so the replay is a change.
+NEW_POLICY = Policy(random_rate=0.5, high_confidence=None)
+
+
+def _publish(settings: KafkaSettings, events: int, seed: int) -> list[dict]:
+    """Publish simulated traffic; return its experiences."""
+    publisher = Publisher(settings, enabled=True)
+    experiences = []
+    for ev in simulate(events, seed):
+        assert publisher.publish(ev.event, ev.key, ev.record)
+        if ev.event == EXPERIENCE:
+            experiences.append(ev.record)
+    assert publisher.close(10) == 0
+    return experiences
+
+
+def _jobs(settings: KafkaSettings) -> list[dict]:
+    return [r for name, r in read_events(settings, CAPTURE_JOBS) if name == CAPTURE_JOB]
+
+
+def _latest_by_key(settings: KafkaSettings) -> dict[str, dict]:
+    """What a compacted topic keyed by query_id would keep: the last job of each query."""
+    return {job["query_id"]: job for job in _jobs(settings)}
+
+
+def test_resample_dry_run_previews_and_sends_nothing(kafka: KafkaSettings) -> None:
+    experiences = _publish(kafka, 40, seed=1)
+    expected = Counter(r for e in experiences if (r := decide(e, None, NEW_POLICY)))
+    assert expected  # the test means something only if the policy chooses some
+
+    report = Replayer(kafka).resample(Window(), NEW_POLICY)
+    assert not report.executed
+    assert report.read == report.window_size == 40
+    assert report.chosen == expected
+    assert _jobs(kafka) == []
+
+
+def test_resample_twice_sends_each_chosen_query_once(kafka: KafkaSettings) -> None:
+    experiences = _publish(kafka, 40, seed=2)
+    chosen = {e["query_id"] for e in experiences if decide(e, None, NEW_POLICY)}
+
+    first = Replayer(kafka).resample(Window(), NEW_POLICY, execute=True)
+    assert first.executed and first.sent == len(chosen) and first.failed == 0
+    after_one = _latest_by_key(kafka)
+    assert set(after_one) == chosen
+    assert {j["reason"] for j in after_one.values()} == {"random"}
+
+    Replayer(kafka).resample(Window(), NEW_POLICY, execute=True)
+    after_two = _latest_by_key(kafka)
+    assert set(after_two) == chosen  # the same queries, none added: the dataset keeps its size
+    strip = lambda jobs: {k: {**v, "created_at": 0} for k, v in jobs.items()}  # noqa: E731
+    assert strip(after_two) == strip(after_one)
+
+
+def test_resample_by_time_window_takes_only_that_window(kafka: KafkaSettings) -> None:
+    old = _publish(kafka, 20, seed=3)
+    time.sleep(1.2)
+    boundary = datetime.now(UTC)
+    time.sleep(0.2)
+    new = _publish(kafka, 20, seed=4)
+
+    report = Replayer(kafka).resample(Window(since=boundary), NEW_POLICY, execute=True)
+    assert report.read == 20
+    sent = set(_latest_by_key(kafka))
+    assert sent == {e["query_id"] for e in new if decide(e, None, NEW_POLICY)}
+    assert not sent & {e["query_id"] for e in old}
+
+    before = Replayer(kafka).resample(Window(until=boundary), NEW_POLICY)
+    assert before.read == 20
+    assert sum(before.chosen.values()) == sum(1 for e in old if decide(e, None, NEW_POLICY))
+
+
+def test_resample_by_offsets_on_one_partition(kafka: KafkaSettings) -> None:
+    _publish(kafka, 40, seed=5)
+    in_partition = sorted(
+        (r for r in read_all(kafka, EXPERIENCES) if r.partition == 1), key=lambda r: r.offset
+    )
+    assert len(in_partition) >= 5
+    window = Window(from_offset=1, to_offset=4, partitions=(1,))
+    wanted = {r.key for r in in_partition if 1 <= r.offset < 4}
+
+    report = Replayer(kafka).resample(window, Policy(random_rate=1.0), execute=True)
+    assert report.read == 3
+    jobs = read_all(kafka, CAPTURE_JOBS)
+    assert {r.key for r in jobs} == wanted
+    assert {r.partition for r in jobs} == {1}  # where the sampler puts a job: its experience's
+
+
+def test_resample_uses_feedback_for_a_rating_policy(kafka: KafkaSettings) -> None:
+    _publish(kafka, 60, seed=6)
+    low = Policy(random_rate=0.0, high_confidence=None, low_rating=2)
+    report = Replayer(kafka).resample(Window(), low, execute=True)
+    jobs = _jobs(kafka)
+    assert report.chosen["low_rating"] == len(jobs) > 0
+    assert all(j["rating"] is not None and j["rating"] <= 2 for j in jobs)
+
+
+def _send_jobs(settings: KafkaSettings, n: int) -> list[str]:
+    producer = EventProducer(settings)
+    ids = [str(uuid.uuid4()) for _ in range(n)]
+    for i, query_id in enumerate(ids):
+        job = {
+            "query_id": query_id,
+            "created_at": 1_767_225_600_000 + i,
+            "reason": "random",
+            "query": f"query {i}",
+            "context": "{}",
+            "original_response": "{}",
+            "original_model": "claude",
+            "model_variant": "teacher",
+            "confidence": 0.5,
+            "rating": None,
+        }
+        producer.send(CAPTURE_JOBS, CAPTURE_JOB, query_id, job)
+    assert producer.flush(10) == 0
+    return ids
+
+
+def test_recapture_into_a_target_twice_adds_no_query_twice(kafka: KafkaSettings) -> None:
+    ids = _send_jobs(kafka, 12)
+    producer = EventProducer(kafka)
+    producer.raw.produce(kafka.topic(CAPTURE_JOBS), b"\xc3\x01garbage", b"bad-key")
+    producer.flush(10)
+    target = kafka.model_copy(update={"topic_prefix": f"{kafka.topic_prefix}replayed."})
+
+    dry = Replayer(kafka, target_prefix=target.topic_prefix).recapture(Window())
+    assert (dry.read, dry.undecodable, dry.chosen[REPLAY_REASON]) == (13, 1, 12)
+
+    for _ in range(2):
+        report = Replayer(kafka, target_prefix=target.topic_prefix).recapture(
+            Window(), execute=True
+        )
+        assert report.sent == 12
+    replayed = read_all(target, CAPTURE_JOBS)
+    assert len(replayed) == 24  # two replays on a delete-policy topic ...
+    latest = _latest_by_key(target)
+    assert set(latest) == set(ids)  # ... but one job per query: nothing doubles downstream
+    assert {j["reason"] for j in latest.values()} == {REPLAY_REASON}
+    assert all(HEADER_REPLAY_ID in r.headers for r in replayed)
+    assert len(read_all(kafka, CAPTURE_JOBS)) == 13  # the live topic untouched
+
+
+def test_recapture_into_the_live_topic_reads_only_the_window_it_started_with(
+    kafka: KafkaSettings,
+) -> None:
+    ids = _send_jobs(kafka, 6)
+    report = Replayer(kafka, rate=200).recapture(Window(), execute=True)
+    assert report.sent == 6
+    jobs = _jobs(kafka)
+    assert len(jobs) == 12 and {j["query_id"] for j in jobs} == set(ids)
+
+
+def test_a_window_naming_a_missing_partition_is_refused(kafka: KafkaSettings) -> None:
+    with pytest.raises(ReplayError, match="no partition"):
+        Replayer(kafka).recapture(Window(partitions=(7,)))
+
+
+def test_cli_replay_is_a_dry_run_until_execute(kafka: KafkaSettings) -> None:
+    ids = _send_jobs(kafka, 5)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIER3_")}
+    env |= {
+        "TIER3_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "TIER3_TOPIC_PREFIX": kafka.topic_prefix,
+        "TIER3_LOG_JSON": "1",
+    }
+    tier3 = str(Path(sys.executable).parent / "tier3")
+
+    def run(*args: str) -> dict:
+        done = subprocess.run(
+            [tier3, "replay", "recapture", *args, "--json"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return json.loads(done.stdout)
+
+    dry = run("--from-offset", "0")
+    assert (dry["executed"], dry["jobs"], dry["sent"]) == (False, 5, 0)
+    assert len(_jobs(kafka)) == 5
+    done = run("--execute", "--rate", "1000")
+    assert (done["executed"], done["sent"]) == (True, 5)
+    assert {j["query_id"] for j in _jobs(kafka)} == set(ids)
