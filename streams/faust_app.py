@@ -1,0 +1,223 @@
+"""The Faust application under tier3's stream processors (the sampler and the counter).
+
+What both processors share lives here, once:
+
+* **One app per role.** ``make_app(settings, "sampler", workdir)`` gives a ``faust.App`` whose id
+  (the consumer group, and the stem of its tables' changelog topics) is the role under the
+  deployment's topic prefix, e.g. ``tier3.sampler``. Two workers of one role share the work; the
+  sampler and the counter are separate apps and separate processes, so each scales and restarts
+  on its own and a slow one never holds the other back.
+* **Raw bytes in, tier3's codec by hand.** Faust hands the processors undecoded bytes
+  (``value_serializer='raw'``); they decode with ``tier3.schemas`` themselves, so an event that
+  does not decode is caught where it can still go to its topic's dead-letter topic, with the
+  reason in the same headers every tier3 stage writes (``dead_letter_headers``).
+* **In-memory tables, backed by changelogs.** State lives in dicts; every change is also written
+  to a compacted changelog topic, from which a restarted or newly assigned worker rebuilds it.
+  Nothing on local disk needs keeping, so a worker can move to another machine freely.
+* **At-least-once, not Faust's exactly_once.** faust-streaming's transactional mode is known to
+  duplicate output and to crash on rebalance (faust-streaming/faust issues 177, 323 and 517), so
+  the processors run at-least-once (Faust flushes every produced record before it commits an
+  input offset) and make their outputs idempotent themselves; docs/stream-processing.md has the
+  details.
+* **Metrics** on the process' Prometheus registry: events in by outcome, table sizes, consumer lag.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import faust
+import structlog
+from faust.types import TP
+from prometheus_client import Counter, Gauge
+from tier3.streams.dead_letters import dead_letter_headers
+from tier3.streams.settings import KafkaSettings
+from tier3.streams.topics import DLQ_SUFFIX
+
+log = structlog.get_logger("tier3.faust")
+
+EVENTS_IN = Counter(
+    "tier3_processor_events",
+    "Events a stream processor read, by role, topic and what became of them",
+    ["role", "topic", "outcome"],
+)
+TABLE_ENTRIES = Gauge(
+    "tier3_processor_table_entries", "Entries held in a processor's table", ["role", "table"]
+)
+CONSUMER_LAG = Gauge(
+    "tier3_processor_consumer_lag",
+    "Messages not yet read in an assigned partition (high watermark minus position)",
+    ["role", "topic", "partition"],
+)
+
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+def _credentials(settings: KafkaSettings) -> faust.auth.Credentials | None:
+    """The broker credentials of ``settings``, as Faust (aiokafka) wants them."""
+    protocol = settings.security_protocol
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_ca_location)
+        if settings.ssl_certificate_location:
+            context.load_cert_chain(settings.ssl_certificate_location, settings.ssl_key_location)
+    if protocol.startswith("SASL"):
+        password = settings.password()
+        if not settings.sasl_username or password is None:
+            raise ValueError(
+                "SASL is on but TIER3_SASL_USERNAME and TIER3_SASL_PASSWORD(_FILE) are not set"
+            )
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=password.get_secret_value(),
+            mechanism=settings.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def make_app(settings: KafkaSettings, role: str, workdir: Path, **overrides: Any) -> faust.App:
+    """A Faust app for one processor role, configured from tier3's settings."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.topic(role),
+        broker=[f"kafka://{host.strip()}" for host in settings.bootstrap_servers.split(",")],
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        datadir=str(workdir),
+        autodiscover=False,
+        web_enabled=False,  # metrics go through prometheus_client on --metrics-port instead
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        **overrides,
+    )
+
+
+def raw_topic(app: faust.App, *names: str, **options: Any) -> faust.TopicT:
+    """A topic (or several, read as one stream) whose keys and values stay bytes."""
+    return app.topic(*names, **RAW, **options)
+
+
+def raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
+    """A table of bytes to bytes in memory, kept in a compacted changelog topic."""
+    return app.Table(name, partitions=partitions, schema=faust.Schema(**RAW))
+
+
+def put(table: faust.Table, partition: int, key: bytes, value: bytes) -> None:
+    """Set ``key`` in ``table`` and its changelog partition, from inside or outside an event.
+
+    Faust's own ``table[key] = value`` takes the partition from the event being processed, so it
+    fails in timers and delivery callbacks, which have none; the processors' writes all name
+    the partition instead, one way everywhere.
+    """
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
+
+
+def drop(table: faust.Table, partition: int, key: bytes) -> None:
+    """Delete ``key`` from ``table`` and tombstone it in the changelog (see ``put``)."""
+    if table.data.pop(key, None) is not None:
+        table.send_changelog(partition, key, None, value_serializer="raw")
+
+
+class DeadLetters:
+    """Sends messages that cannot be processed to ``<topic>.dlq``, with the reason in headers."""
+
+    def __init__(self, app: faust.App, role: str, sources: list[str]) -> None:
+        self.role = role
+        self._topics = {name: raw_topic(app, name + DLQ_SUFFIX) for name in sources}
+
+    def send(self, message: Any, reason: str, error_type: str) -> None:
+        """Queue ``message`` (a Faust message) for its dead-letter topic.
+
+        The source offset is not committed before the dead letter is acknowledged: Faust flushes
+        every pending record before it commits, so a crash in between sends the letter again.
+        """
+        headers = dead_letter_headers(
+            message.topic, message.partition, message.offset, reason, error_type, self.role
+        )
+        self._topics[message.topic].send_soon(
+            key=message.key, value=message.value, headers=headers, partition=0
+        )
+        EVENTS_IN.labels(self.role, message.topic, "dead_letter").inc()
+        log.warning(
+            "dead letter",
+            role=self.role,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            reason=reason,
+        )
+
+
+class PartitionBook:
+    """Which partitions this worker owns now, and how far it has read each one (for lag)."""
+
+    def __init__(self, app: faust.App, role: str, sources: list[str]) -> None:
+        self.app = app
+        self.role = role
+        self.sources = set(sources)
+        self.read: dict[TP, int] = {}
+        self._lag_labels: set[tuple[str, str]] = set()
+
+    def owned_partitions(self, topic: str) -> set[int]:
+        """Partitions of ``topic`` this worker owns, once settled (no rebalance or recovery)."""
+        if not self.ready():
+            return set()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def ready(self) -> bool:
+        """True when the tables are recovered and no rebalance is going on."""
+        recovery = self.app.tables.recovery
+        return (
+            not self.app.rebalancing
+            and recovery.completed.is_set()
+            and not recovery.in_recovery
+        )
+
+    def update_lag(self) -> None:
+        consumer = self.app.consumer
+        seen: set[tuple[str, str]] = set()
+        for tp in consumer.assignment():
+            if tp.topic not in self.sources:  # changelogs: read only while recovering
+                continue
+            try:
+                high = consumer.highwater(tp)
+            except Exception:  # the fetcher has no watermark for it yet
+                continue
+            if high is None:
+                continue
+            position = self.read.get(tp, -1) + 1
+            labels = (tp.topic, str(tp.partition))
+            CONSUMER_LAG.labels(self.role, *labels).set(max(0, high - position))
+            seen.add(labels)
+        for labels in self._lag_labels - seen:  # partitions given away: stop reporting them
+            CONSUMER_LAG.remove(self.role, *labels)
+        self._lag_labels = seen
+
+
+def every(app: faust.App, seconds: float, fun: Callable[[], None]) -> None:
+    """Run ``fun`` on the worker's event loop every ``seconds`` (a Faust timer)."""
+
+    async def tick() -> None:
+        fun()
+
+    tick.__name__ = tick.__qualname__ = f"{fun.__qualname__}_timer"
+    app.timer(seconds, name=f"{app.conf.id}.{fun.__qualname__}")(tick)
+
+
+def run_worker(app: faust.App, loglevel: str = "warning") -> None:
+    """Run the app's worker in this process until SIGINT or SIGTERM (then stop cleanly)."""
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    worker.execute_from_commandline()

@@ -1,0 +1,93 @@
+"""The capture policy: which answered queries become capture jobs, and why.
+
+The policy is a pure function of the query's two events, so that any process (the sampler, a
+replay, a test) that sees the same events makes the same decision:
+
+* **random**: a fixed share of queries (the seed's 15%). "Random" is a hash of the query_id,
+  not a random number generator: the first 8 bytes of ``sha256(query_id)``, read as an unsigned
+  integer and divided by 2**64, give a number uniform in [0, 1) that never changes for a query,
+  so a replay or a second sampler decides the same way.
+* **high_confidence**: every answer the backend was at least ``high_confidence`` sure of (the
+  seed's "high-confidence queries": the teacher is likely right, so they make good examples).
+* **low_rating** (off by default): answers the user rated ``low_rating`` or worse, to learn where
+  the served model goes wrong. This rule alone needs the feedback; the two seed rules do not, so
+  with the default policy the decision never depends on whether feedback came before the timeout.
+
+A query that several rules choose is captured once, with the first reason in the order above.
+``enabled=False`` (``ENABLE_TIER3_CAPTURE=false``) chooses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RANDOM = "random"
+HIGH_CONFIDENCE = "high_confidence"
+LOW_RATING = "low_rating"
+
+_TWO_TO_64 = float(2**64)
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the sampler captures."""
+
+    random_rate: float = 0.15
+    high_confidence: float | None = 0.9
+    low_rating: int | None = None
+    enabled: bool = True
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.random_rate <= 1.0:
+            raise ValueError(f"random_rate must lie in [0, 1], not {self.random_rate}")
+        if self.high_confidence is not None and not 0.0 <= self.high_confidence <= 1.0:
+            raise ValueError(f"high_confidence must lie in [0, 1], not {self.high_confidence}")
+
+
+class PolicySettings(BaseSettings):
+    """The policy as the environment sets it (``TIER3_SAMPLE_RATE`` etc., ENABLE_TIER3_CAPTURE)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIER3_", env_file=".env", extra="ignore")
+
+    sample_rate: float = Field(0.15, ge=0, le=1, description="Share of queries captured at random.")
+    high_confidence: float | None = Field(
+        0.9, ge=0, le=1, description="Capture every answer at least this confident (empty: off)."
+    )
+    low_rating: int | None = Field(
+        None, ge=1, le=5, description="Capture answers rated at most this (empty: off)."
+    )
+    capture_enabled: bool = Field(
+        True,
+        validation_alias=AliasChoices("ENABLE_TIER3_CAPTURE", "TIER3_ENABLE_CAPTURE"),
+        description="Off: the sampler emits no capture jobs.",
+    )
+
+    def policy(self) -> Policy:
+        return Policy(self.sample_rate, self.high_confidence, self.low_rating, self.capture_enabled)
+
+
+def hash_fraction(query_id: str) -> float:
+    """A number in [0, 1) fixed by the query_id: its place in the 'random' draw."""
+    digest = hashlib.sha256(query_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") / _TWO_TO_64
+
+
+def decide(
+    experience: dict[str, Any], feedback: dict[str, Any] | None, policy: Policy
+) -> str | None:
+    """The reason to capture this query, or None to let it go."""
+    if not policy.enabled:
+        return None
+    if hash_fraction(experience["query_id"]) < policy.random_rate:
+        return RANDOM
+    if policy.high_confidence is not None and experience["confidence"] >= policy.high_confidence:
+        return HIGH_CONFIDENCE
+    low = policy.low_rating
+    if low is not None and feedback is not None and feedback["rating"] <= low:
+        return LOW_RATING
+    return None
