@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Set up and run tier3's tests on a fresh machine: a virtual environment with every extra, the
+# local Kafka broker (fetched from Maven Central on first use), then pytest. Extra arguments go
+# to pytest (e.g. `scripts/test.sh -m "not slow"`). `.ci/run` calls exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+.venv/bin/python -m pip install -q -e '.[all]'
+
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if [ -x scripts/build-ollama.sh ]; then
+  scripts/build-ollama.sh || echo "warning: no Ollama binary; the deploy tests will say why they skip" >&2
+fi
+
+.venv/bin/tier3 broker start --home .tier3-test --port 19092
+trap '.venv/bin/tier3 broker stop --home .tier3-test --port 19092 || true' EXIT
+
+set +e
+.venv/bin/python -m pytest "$@"
+status=$?
+set -e
+if [ "$status" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$status"
