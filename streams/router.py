@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import structlog
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from prometheus_client import Counter
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +55,7 @@ from tier3.streams.topics import TRAINING_RESULTS
 log = structlog.get_logger("tier3.router")
 
 TEACHER, STUDENT, FALLBACK = "teacher", "student", "student-fallback"
+REASON_HEADER = "tier3-reason"
 
 ROUTED = Counter("tier3_router_answers", "Answers served, by variant", ["variant"])
 FALLBACKS = Counter("tier3_router_fallbacks", "Student failures answered by the teacher", ["why"])
@@ -161,13 +162,9 @@ class DeploymentLog:
             "digest": restored.digest if restored else "",
             "deployed_at": max(int(time.time() * 1000), taken_back.deployed_at + 1),
             "action": "rollback",
-            "reason": f"rolled back {taken_back.ollama_name} ({taken_back.digest[:19]}): {reason}",
         }
-        own = producer is None
-        producer = producer or EventProducer(self.settings)
-        producer.send_and_wait(TRAINING_RESULTS, MODEL_DEPLOYED, self.model, record)
-        if own:
-            producer.flush()
+        why = f"rolled back {taken_back.ollama_name} ({taken_back.digest[:19]}): {reason}"
+        send_deployment(self.settings, self.model, record, why, producer)
         log.warning(
             "rolled back",
             model=self.model,
@@ -176,6 +173,35 @@ class DeploymentLog:
             reason=reason,
         )
         return record
+
+
+def send_deployment(
+    settings: KafkaSettings,
+    model: str,
+    record: Record,
+    reason: str,
+    producer: EventProducer | None = None,
+) -> None:
+    """Write a ModelDeployed event and wait for the broker to confirm it.
+
+    The human reason (the gate's verdict, the A/B result, an operator's note) travels in the
+    ``tier3-reason`` header, beside the event rather than in the contract.
+    """
+    producer = producer or EventProducer(settings)
+    outcome: dict[str, Any] = {}
+    producer.send(
+        TRAINING_RESULTS,
+        MODEL_DEPLOYED,
+        model,
+        record,
+        on_delivery=lambda err, msg: outcome.update(err=err, done=True),
+        headers=[(REASON_HEADER, reason.encode())],
+    )
+    producer.flush(30)
+    if not outcome.get("done"):
+        raise TimeoutError(f"ModelDeployed for {model} not acknowledged within 30s")
+    if outcome["err"] is not None:
+        raise KafkaException(outcome["err"])
 
 
 class DeploymentWatcher:

@@ -145,7 +145,6 @@ def deployed(name: str, at: int) -> dict:
         "eval_report_uri": "file:///report.md",
         "deployed_at": at,
         "action": "deploy",
-        "reason": "passed the gate",
     }
 
 
