@@ -1,0 +1,249 @@
+"""The trainer end to end on a CPU: real broker, tiny offline student, real TRL + PEFT training.
+
+One module-scoped run (a TrainingRequested consumed by the trainer group) feeds several tests:
+the result event, the committed offset, the loss, the saved adapter, a re-delivery. Other tests
+cover what goes wrong: too few traces, a missing base model, an undecodable request.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+import pytest
+from tier3.schemas.registry import TRAINING_COMPLETED, TRAINING_FAILED
+from tier3.streams.events import EventProducer
+from tier3.streams.settings import LocalSettings
+from tier3.streams.topics import TRACES, TRAINING_REQUESTS, TRAINING_RESULTS
+
+from tests.conftest import fresh_settings
+from tests.kafka_reading import read_all, read_events
+from tests.trainer_harness import (
+    OFFLINE_ENV,
+    TINY_CACHE,
+    publish_request,
+    publish_traces,
+    request,
+    tiny_config,
+)
+
+pytest.importorskip("trl")
+pytestmark = pytest.mark.train
+os.environ.update(OFFLINE_ENV)
+
+MODEL = "cc-widget-selector"
+
+
+@pytest.fixture(scope="module")
+def student() -> Path:
+    from tier3.trainers.tiny_model import cached_tiny_student
+
+    return cached_tiny_student(TINY_CACHE)
+
+
+def consume(settings, local, config, max_requests=1, **overrides):
+    """Run the trainer group in this process until it has handled ``max_requests``."""
+    from tier3.trainers.trainer_consumer import TrainerConsumer
+    from tier3.trainers.training_run import TrainingRun
+
+    worker = TrainerConsumer(
+        settings, TrainingRun(settings, local, config), group="trainers", **overrides
+    )
+    stop = threading.Event()
+    timer = threading.Timer(240, stop.set)  # a hung test fails instead of blocking the suite
+    timer.start()
+    try:
+        worker.run(stop, max_requests=max_requests)
+    finally:
+        timer.cancel()
+    return worker
+
+
+def committed_offset(settings, group: str) -> int:
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
+    try:
+        tp = TopicPartition(settings.topic(TRAINING_REQUESTS), 0)
+        return c.committed([tp], timeout=10)[0].offset
+    finally:
+        c.close()
+
+
+@pytest.fixture(scope="module")
+def trained(broker, student, tmp_path_factory):
+    """One request trained through the consumer group, with a short max.poll.interval."""
+    settings = fresh_settings(broker)
+    home = tmp_path_factory.mktemp("home")
+    local = LocalSettings(home=home)
+    config = tiny_config(student, home / "training")
+    traces = publish_traces(settings, 40)
+    # A second, newer version of one trace (the latest wins) and a deleted one (left out).
+    newer = dict(
+        traces[0], teacher_thinking="Revised reasoning.", created_at=traces[0]["created_at"] + 1
+    )
+    producer = EventProducer(settings)
+    producer.send(TRACES, "Trace", newer["query_id"], newer)
+    producer.send_tombstone(TRACES, traces[1]["query_id"])
+    assert producer.flush(30) == 0
+    req = request(MODEL, [t["query_id"] for t in traces])
+    publish_request(settings, req)
+    # Training takes well over 6 s here: without pause-and-poll the member would be evicted.
+    worker = consume(
+        settings, local, config, **{"max.poll.interval.ms": 6000, "session.timeout.ms": 6000}
+    )
+    return {
+        "settings": settings,
+        "local": local,
+        "config": config,
+        "request": req,
+        "traces": traces,
+        "worker": worker,
+    }
+
+
+def test_request_ends_in_training_completed_with_artefacts(trained):
+    from tier3.trainers.artifacts import RunArtifacts
+
+    events = read_events(trained["settings"], TRAINING_RESULTS)
+    assert [name for name, _ in events] == [TRAINING_COMPLETED]
+    done = events[0][1]
+    assert done["request_id"] == trained["request"]["request_id"]
+    assert done["train_examples"] + done["eval_examples"] == 39  # one of 40 was deleted
+    assert done["eval_examples"] > 0
+    assert done["metrics"]["global_step"] == 12
+    assert "eval_loss" in done["metrics"]
+    artifacts = RunArtifacts(trained["local"].object_root, MODEL, done["request_id"])
+    assert artifacts.completed() == done
+    assert Path(done["adapter_uri"].removeprefix("file://"), "adapter_config.json").is_file()
+
+
+def test_offset_committed_and_member_never_evicted(trained):
+    assert committed_offset(trained["settings"], "trainers") == 1
+    # One assignment at start; an eviction during the run would have caused a second one.
+    assert trained["worker"].rebalances == 1
+
+
+def test_manifest_records_split_latest_trace_and_deleted_one(trained):
+    import json
+
+    from tier3.trainers.dataset import split_of
+
+    done = read_events(trained["settings"], TRAINING_RESULTS)[0][1]
+    manifest = json.loads(Path(done["manifest_uri"].removeprefix("file://")).read_text())
+    deleted = trained["traces"][1]["query_id"]
+    assert manifest["excluded"] == [
+        {"query_id": deleted, "reason": "no live trace (deleted or missing)"}
+    ]
+    by_id = {e["query_id"]: e for e in manifest["examples"]}
+    assert by_id[trained["traces"][0]["query_id"]]["trace_created_at"] == (
+        trained["traces"][0]["created_at"] + 1
+    )
+    for query_id, entry in by_id.items():
+        assert entry["split"] == split_of(query_id, 0.2)
+
+
+def test_loss_goes_down(trained):
+    metrics = read_events(trained["settings"], TRAINING_RESULTS)[0][1]["metrics"]
+    assert metrics["last_logged_loss"] < metrics["first_logged_loss"]
+
+
+def test_saved_adapter_loads_with_stock_peft_and_beats_the_base(trained):
+    import torch
+    from peft import PeftModel
+    from tier3.trainers.dataset import to_messages
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    done = read_events(trained["settings"], TRAINING_RESULTS)[0][1]
+    base_path = trained["config"].base_model
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    base = AutoModelForCausalLM.from_pretrained(base_path)
+    held_out = [t for t in trained["traces"][2:] if _split(t) == "eval"]
+    batch = [
+        tokenizer.apply_chat_template(
+            to_messages(t), return_dict=True, return_assistant_tokens_mask=True
+        )
+        for t in held_out
+    ]
+
+    def assistant_loss(model) -> float:
+        losses = []
+        with torch.no_grad():
+            for item in batch:
+                ids = torch.tensor([item["input_ids"]])
+                labels = ids.clone()
+                labels[0, torch.tensor(item["assistant_masks"]) == 0] = -100
+                losses.append(model(input_ids=ids, labels=labels).loss.item())
+        return sum(losses) / len(losses)
+
+    before = assistant_loss(base)
+    tuned = PeftModel.from_pretrained(base, done["adapter_uri"].removeprefix("file://"))
+    assert assistant_loss(tuned) < before
+    prompt = tokenizer.apply_chat_template(
+        to_messages(held_out[0])[:1],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )
+    out = tuned.generate(**prompt, max_new_tokens=8, do_sample=False)
+    assert out.shape[1] > prompt["input_ids"].shape[1]
+
+
+def _split(trace) -> str:
+    from tier3.trainers.dataset import split_of
+
+    return split_of(trace["query_id"], 0.2)
+
+
+def test_redelivered_request_is_not_trained_twice(trained):
+    publish_request(trained["settings"], trained["request"])
+    worker = consume(trained["settings"], trained["local"], trained["config"])
+    assert [o.trained for o in worker.outcomes] == [False]
+    events = read_events(trained["settings"], TRAINING_RESULTS)
+    assert [name for name, _ in events] == [TRAINING_COMPLETED]  # no second result either
+    assert committed_offset(trained["settings"], "trainers") == 2
+
+
+def test_too_few_traces_fail_clearly_and_write_nothing_as_done(kafka, student, tmp_path):
+    from tier3.trainers.artifacts import RunArtifacts
+
+    local = LocalSettings(home=tmp_path)
+    traces = publish_traces(kafka, 5)
+    req = request(MODEL, [t["query_id"] for t in traces] + ["no-such-query"])
+    publish_request(kafka, req)
+    consume(kafka, local, tiny_config(student, tmp_path / "training"))
+    [(name, failed)] = read_events(kafka, TRAINING_RESULTS)
+    assert name == TRAINING_FAILED
+    assert failed["stage"] == "dataset"
+    assert "at least 8 are needed" in failed["reason"]
+    assert RunArtifacts(local.object_root, MODEL, req["request_id"]).completed() is None
+
+
+def test_missing_base_model_fails_clearly(kafka, tmp_path):
+    local = LocalSettings(home=tmp_path)
+    traces = publish_traces(kafka, 20)
+    publish_request(kafka, request(MODEL, [t["query_id"] for t in traces]))
+    consume(kafka, local, tiny_config(tmp_path / "no-such-model", tmp_path / "training"))
+    [(name, failed)] = read_events(kafka, TRAINING_RESULTS)
+    assert name == TRAINING_FAILED
+    assert failed["stage"] == "model"
+    assert "no-such-model" in failed["reason"]
+
+
+def test_undecodable_request_goes_to_dead_letters_and_the_consumer_goes_on(kafka, tmp_path):
+    from tier3.streams.dead_letters import DeadLetter
+
+    producer = EventProducer(kafka)
+    producer.raw.produce(kafka.topic(TRAINING_REQUESTS), b"not avro", b"m")
+    producer.flush(10)
+    traces = publish_traces(kafka, 3)
+    publish_request(kafka, request(MODEL, [t["query_id"] for t in traces]))
+    consume(kafka, LocalSettings(home=tmp_path), tiny_config(tmp_path / "x", tmp_path / "t"))
+    [letter] = read_all(kafka, TRAINING_REQUESTS + ".dlq")
+    assert letter.value == b"not avro"
+    assert DeadLetter(
+        letter.key, letter.value, {k: v.decode() for k, v in letter.headers.items()}
+    ).reason
+    assert [name for name, _ in read_events(kafka, TRAINING_RESULTS)] == [TRAINING_FAILED]
+    assert committed_offset(kafka, "trainers") == 2
