@@ -206,7 +206,7 @@ def groups_reset(
         Path | None,
         typer.Option(
             help="Where the old offsets are saved before a reset "
-            "[default: <TIER3_HOME>/offset-backups]."
+            "(default: $TIER3_HOME/offset-backups)."
         ),
     ] = None,
     as_json: JsonOpt = False,
@@ -305,9 +305,10 @@ def _run_replay(
     action: str, window: Any, target_prefix: str | None, rate: float | None, as_json: bool, run: Any
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+    from tier3.streams.offsets import RangeReadError
     from tier3.streams.replay import Replayer, ReplayError, resolve
 
-    with _operator_errors(ReplayError, LookupError):
+    with _operator_errors(ReplayError, RangeReadError, LookupError):
         replayer = Replayer(KafkaSettings(), target_prefix=target_prefix, rate=rate)
         total = sum(
             r.size for r in resolve(replayer.admin, replayer.settings.topic(action), window)
@@ -342,18 +343,18 @@ def replay_resample(
     to_offset: ToOffsetOpt = None,
     partition: PartitionOpt = None,
     sample_rate: Annotated[
-        float | None, typer.Option(help="New random share [default: TIER3_SAMPLE_RATE].")
+        float | None, typer.Option(help="New random share (default: $TIER3_SAMPLE_RATE).")
     ] = None,
     high_confidence: Annotated[
         float | None,
         typer.Option(
-            help="New confidence threshold, negative for off [default: TIER3_HIGH_CONFIDENCE]."
+            help="New confidence threshold, negative for off (default: $TIER3_HIGH_CONFIDENCE)."
         ),
     ] = None,
     low_rating: Annotated[
         int | None,
         typer.Option(
-            help="Also capture answers rated at most this, 0 for off [default: TIER3_LOW_RATING]."
+            help="Also capture answers rated at most this, 0 for off (default: $TIER3_LOW_RATING)."
         ),
     ] = None,
     feedback_grace: Annotated[

@@ -32,18 +32,19 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import KafkaError, Message
 from confluent_kafka.admin import AdminClient
 from tier3.schemas import DecodeError
 from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE, FEEDBACK
 from tier3.streams import offsets
 from tier3.streams.events import EventProducer, codec_of
+from tier3.streams.offsets import Range, read_ranges
 from tier3.streams.sampling import Policy, decide
 from tier3.streams.settings import KafkaSettings
 from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES, admin_client, create_topics
@@ -73,20 +74,6 @@ class Window:
     from_offset: int | None = None
     to_offset: int | None = None
     partitions: tuple[int, ...] | None = None
-
-
-@dataclass(frozen=True)
-class Range:
-    """Offsets ``start`` ≤ offset < ``end`` of one partition."""
-
-    topic: str
-    partition: int
-    start: int
-    end: int
-
-    @property
-    def size(self) -> int:
-        return self.end - self.start
 
 
 @dataclass
@@ -161,51 +148,6 @@ def resolve(admin: AdminClient, topic: str, window: Window) -> list[Range]:
             end = min(end, window.to_offset)
         ranges.append(Range(tp[0], tp[1], start, max(start, end)))
     return ranges
-
-
-def read_ranges(
-    settings: KafkaSettings, ranges: list[Range], timeout: float = 60.0
-) -> Iterator[Message]:
-    """Every message in ``ranges``, partition by partition in offset order. No group, no commit."""
-    todo = {r.partition: r for r in ranges if r.size > 0}
-    if not todo:
-        return
-    topic = next(iter(todo.values())).topic
-    c = Consumer(
-        {
-            **settings.client_config(),
-            "group.id": f"tier3-replay-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": True,
-            "log_level": 3,
-        }
-    )
-    try:
-        c.assign([TopicPartition(topic, r.partition, r.start) for r in todo.values()])
-        deadline = time.monotonic() + timeout
-        while todo:
-            if time.monotonic() > deadline:
-                raise ReplayError(f"{topic}: window not read within {timeout:.0f}s")
-            msg = c.poll(0.5)
-            if msg is None:
-                continue
-            r = todo.get(msg.partition())
-            if msg.error():
-                # End of partition: compaction or transaction markers can leave the window's last
-                # offsets without a message, so reaching the log's end also finishes the range.
-                if msg.error().code() == KafkaError._PARTITION_EOF and r is not None:
-                    todo.pop(r.partition)
-                continue
-            if r is None or msg.offset() >= r.end:
-                if r is not None:
-                    todo.pop(r.partition)
-                continue
-            deadline = time.monotonic() + timeout
-            yield msg
-            if msg.offset() + 1 >= r.end:
-                todo.pop(r.partition)
-    finally:
-        c.close()
 
 
 def capture_job(
