@@ -97,8 +97,11 @@ class CaptureConsumer:
         self._loop = asyncio.get_running_loop()
         poller = threading.Thread(target=self._poll_producer, name="producer-poll", daemon=True)
         poller.start()
+        membership = {"session.timeout.ms": self.settings.session_timeout_ms}
+        if self.settings.instance_id:
+            membership["group.instance.id"] = self.settings.instance_id
         self._consumer = consumer(
-            self.kafka, self.settings.group, on_commit=self._on_commit
+            self.kafka, self.settings.group, on_commit=self._on_commit, **membership
         )
         self._consumer.subscribe(
             [self.kafka.topic(CAPTURE_JOBS)],

@@ -24,6 +24,14 @@ class CaptureSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TIER3_", env_file=".env", extra="ignore")
 
     group: str = Field("tier3-capture", description="Consumer group id of the capture consumers.")
+    instance_id: str | None = Field(
+        None,
+        description="Static group membership id (group.instance.id): a restarted process with the "
+        "same id takes its partitions back at once instead of after a rebalance.",
+    )
+    session_timeout_ms: int = Field(
+        45000, ge=1000, description="How long the group waits for a silent member (ms)."
+    )
     concurrency: int = Field(256, ge=1, description="Most jobs in flight in one process.")
     attempts: int = Field(3, ge=1, description="Attempts per job before its dead letter.")
     attempt_backoff_s: float = Field(1.0, ge=0, description="Pause before a job's next attempt.")

@@ -82,7 +82,9 @@ class ServerThread:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         try:
-            self._runner = web.AppRunner(self.app(), access_log=None)
+            self._runner = web.AppRunner(
+                self.app(), access_log=None, handler_cancellation=True, shutdown_timeout=1.0
+            )
             self._loop.run_until_complete(self._runner.setup())
             site = web.TCPSite(self._runner, "127.0.0.1", self.port, backlog=1024)
             self._loop.run_until_complete(site.start())
