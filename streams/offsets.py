@@ -16,7 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 from tier3.streams.settings import KafkaSettings
 
@@ -30,17 +30,27 @@ class OffsetLookupError(RuntimeError):
 
 
 def _list(admin: AdminClient, parts: list[Partition], spec: Any) -> dict[Partition, int]:
-    if not parts:
-        return {}
-    futures = admin.list_offsets(
-        {TopicPartition(t, p): spec for t, p in parts}, request_timeout=_TIMEOUT
-    )
     found: dict[Partition, int] = {}
-    for tp, future in futures.items():
-        try:
-            found[(tp.topic, tp.partition)] = future.result(timeout=_TIMEOUT).offset
-        except Exception as exc:
-            raise OffsetLookupError(f"offsets of {tp.topic}[{tp.partition}]: {exc}") from exc
+    deadline = time.monotonic() + _TIMEOUT
+    while parts:
+        futures = admin.list_offsets(
+            {TopicPartition(t, p): spec for t, p in parts}, request_timeout=_TIMEOUT
+        )
+        retry = []
+        for tp, future in futures.items():
+            try:
+                found[(tp.topic, tp.partition)] = future.result(timeout=_TIMEOUT).offset
+            except KafkaException as exc:
+                # A partition just created, or moving leader, answers "not leader" for a moment.
+                if exc.args[0].retriable() and time.monotonic() < deadline:
+                    retry.append((tp.topic, tp.partition))
+                    continue
+                raise OffsetLookupError(f"offsets of {tp.topic}[{tp.partition}]: {exc}") from exc
+            except Exception as exc:
+                raise OffsetLookupError(f"offsets of {tp.topic}[{tp.partition}]: {exc}") from exc
+        if retry:
+            time.sleep(0.2)
+        parts = retry
     return found
 
 
