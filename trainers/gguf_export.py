@@ -164,6 +164,9 @@ def _write_tokenizer(writer: Any, tokenizer: Any, model_dir: Path, n_vocab: int)
 
     special_vocab = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
     special_vocab.chat_template = tokenizer.chat_template
+    # The chat template starts with BOS; runners that format prompts with their own template
+    # (Ollama) must add it themselves.
+    special_vocab.add_special_token.update({"bos": True, "eos": False})
     special_vocab.add_to_gguf(writer, quiet=True)
     # The end-of-turn token is what stops a chat reply; llama.cpp and Ollama look for it here.
     eot = tokenizer.convert_tokens_to_ids("<|eot_id|>")
