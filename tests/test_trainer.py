@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -77,7 +78,8 @@ def trained(broker, student, tmp_path_factory):
     settings = fresh_settings(broker)
     home = tmp_path_factory.mktemp("home")
     local = LocalSettings(home=home)
-    config = tiny_config(student, home / "training")
+    # Long enough (tens of seconds on this CPU) to outlast max.poll.interval.ms below.
+    config = tiny_config(student, home / "training", max_steps=36, save_steps=12)
     traces = publish_traces(settings, 40)
     # A second, newer version of one trace (the latest wins) and a deleted one (left out).
     newer = dict(
@@ -90,9 +92,11 @@ def trained(broker, student, tmp_path_factory):
     req = request(MODEL, [t["query_id"] for t in traces])
     publish_request(settings, req)
     # Training takes well over 6 s here: without pause-and-poll the member would be evicted.
+    started = time.monotonic()
     worker = consume(
         settings, local, config, **{"max.poll.interval.ms": 6000, "session.timeout.ms": 6000}
     )
+    elapsed = time.monotonic() - started
     return {
         "settings": settings,
         "local": local,
@@ -100,6 +104,7 @@ def trained(broker, student, tmp_path_factory):
         "request": req,
         "traces": traces,
         "worker": worker,
+        "elapsed": elapsed,
     }
 
 
@@ -112,7 +117,7 @@ def test_request_ends_in_training_completed_with_artefacts(trained):
     assert done["request_id"] == trained["request"]["request_id"]
     assert done["train_examples"] + done["eval_examples"] == 39  # one of 40 was deleted
     assert done["eval_examples"] > 0
-    assert done["metrics"]["global_step"] == 12
+    assert done["metrics"]["global_step"] == 36
     assert "eval_loss" in done["metrics"]
     artifacts = RunArtifacts(trained["local"].object_root, MODEL, done["request_id"])
     assert artifacts.completed() == done
@@ -120,6 +125,8 @@ def test_request_ends_in_training_completed_with_artefacts(trained):
 
 
 def test_offset_committed_and_member_never_evicted(trained):
+    # Not a speed check: without this the test would not show what it claims.
+    assert trained["elapsed"] > 6.0, "the run must outlast max.poll.interval.ms"
     assert committed_offset(trained["settings"], "trainers") == 1
     # One assignment at start; an eviction during the run would have caused a second one.
     assert trained["worker"].rebalances == 1

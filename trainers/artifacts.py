@@ -46,7 +46,10 @@ class RunArtifacts:
         if self.fs.exists(remote):
             self.fs.rm(remote, recursive=True)
         self.fs.makedirs(remote, exist_ok=True)
-        for file in sorted(p for p in local.rglob("*") if p.is_file()):
+        files = sorted(p for p in local.rglob("*") if p.is_file())
+        # trainer_state.json marks a checkpoint as whole (see latest_checkpoint): upload it last.
+        files.sort(key=lambda p: p.name == "trainer_state.json")
+        for file in files:
             target = f"{remote}/{file.relative_to(local).as_posix()}"
             self.fs.makedirs(target.rsplit("/", 1)[0], exist_ok=True)
             self.fs.put_file(str(file), target)
