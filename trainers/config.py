@@ -62,7 +62,9 @@ class TrainerConfig(BaseSettings):
     learning_rate: float = Field(2e-4, gt=0)
     num_train_epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="Stop after this many steps (-1: run the epochs).")
-    per_device_train_batch_size: int = Field(8, ge=1)
+    per_device_train_batch_size: int = Field(
+        4, ge=1, description="Sequences per GPU per step (packed: 4 × 2048 tokens)."
+    )
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)
     weight_decay: float = Field(0.0, ge=0.0)

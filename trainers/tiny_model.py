@@ -25,11 +25,11 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from tier3.streams import widgets
-from tier3.streams.simulate import simulate
+from tier3.trainers.dataset import assistant_turn
 
 # Bump when the build below changes in a way the recipe dict does not capture.
 BUILD_VERSION = 1
@@ -88,27 +88,25 @@ def recipe_hash(seed: int = 0) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def assistant_content(thinking: str, answer: str) -> str:
-    """The assistant turn the student learns: the teacher's thinking, then its answer."""
-    return f"<think>{thinking}</think>\n{answer}" if thinking else answer
-
-
 def _corpus(seed: int, queries: int) -> Iterator[str]:
     """The widget task's text as the student will see it: prompts, thinking, answers."""
     from tier3.schemas.registry import EXPERIENCE
+    from tier3.streams.simulate import simulate
 
     for event in simulate(queries, seed):
         if event.event != EXPERIENCE:
             continue
         query, context = event.record["query"], json.loads(event.record["context"])
         yield widgets.render_prompt(query, context)
-        yield assistant_content(
+        yield assistant_turn(
             widgets.reference_thinking(query, context),
             json.dumps(widgets.reference_answer(query, context)),
         )
 
 
-def _train_tokenizer(seed: int, vocab_size: int, queries: int):  # -> PreTrainedTokenizerFast
+def train_tokenizer(texts: Iterable[str], vocab_size: int, model_max_length: int):
+    """A byte-level BPE tokenizer trained on ``texts``, with Llama-3-like special tokens and
+    the chat template; returned as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -121,14 +119,14 @@ def _train_tokenizer(seed: int, vocab_size: int, queries: int):  # -> PreTrained
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(seed, queries), trainer=trainer)
+    tok.train_from_iterator(texts, trainer=trainer)
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token=BOS,
         eos_token=EOS,
         pad_token=PAD,
         additional_special_tokens=[START_HEADER, END_HEADER, EOT],
-        model_max_length=recipe(seed)["model"]["max_position_embeddings"],
+        model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
     )
     fast.add_tokens(list(THINK_TOKENS))
@@ -153,7 +151,11 @@ def build_tiny_student(path: str | os.PathLike[str], seed: int = 0) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        tokenizer = _train_tokenizer(seed, spec["vocab_size"], spec["corpus_queries"])
+        tokenizer = train_tokenizer(
+            _corpus(seed, spec["corpus_queries"]),
+            spec["vocab_size"],
+            spec["model"]["max_position_embeddings"],
+        )
         eot_id = tokenizer.convert_tokens_to_ids(EOT)
         config = LlamaConfig(
             vocab_size=len(tokenizer),
