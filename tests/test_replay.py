@@ -215,3 +215,46 @@ def test_cli_replay_is_a_dry_run_until_execute(kafka: KafkaSettings) -> None:
     done = run("--execute", "--rate", "1000")
     assert (done["executed"], done["sent"]) == (True, 5)
     assert {j["query_id"] for j in _jobs(kafka)} == set(ids)
+
+
+def test_replaying_twice_through_the_capture_consumer_doubles_no_trace(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    """The whole idempotency claim, with the real capture consumer downstream."""
+    from tier3.consumers.object_store import TraceStore
+    from tier3.consumers.settings import CaptureSettings
+    from tier3.trainers.traces_source import read_traces
+
+    from tests.capture_harness import build_worker, committed, end_offsets, run_until
+
+    ids = _send_jobs(kafka, 5)
+    root = (tmp_path / "objects").as_uri()
+    settings = CaptureSettings(
+        teacher_provider="offline",
+        student_provider="offline",
+        group=f"{kafka.topic_prefix}capture",
+        commit_interval_s=0.2,
+    )
+
+    def capture_everything() -> None:
+        ends = {p: end for p, end in end_offsets(kafka).items() if end > 0}
+
+        def done() -> bool:
+            done_to = committed(kafka, settings.group)
+            return all(done_to.get(p, -1) >= end for p, end in ends.items())
+
+        run_until(build_worker(kafka, settings, root), done, timeout=60)
+        assert done()
+
+    capture_everything()
+    assert set(read_traces(kafka).traces) == set(ids)
+
+    for _ in range(2):
+        Replayer(kafka).recapture(Window(from_offset=0), execute=True)
+    capture_everything()
+
+    traces = read_traces(kafka).traces
+    assert set(traces) == set(ids)  # one trace per query ...
+    assert {t["capture_reason"] for t in traces.values()} == {REPLAY_REASON}  # ... the replayed one
+    assert sorted(TraceStore(root).query_ids()) == sorted(ids)  # one object per query
+    assert len(read_all(kafka, "traces")) == 15  # 3 writes per query, compaction keeps the last
