@@ -548,9 +548,81 @@ def traces_delete(
         out.print(f"{d.query_id}: {where}; {obj}; tombstone written", highlight=False)
 
 
+# -- broker start-sasl --------------------------------------------------------------------------
+
+
+def _secret(value: str | None, file: Path | None, what: str) -> str:
+    if value:
+        return value
+    if file is not None:
+        try:
+            return file.read_text().strip()
+        except OSError as exc:
+            raise _fail(f"cannot read the {what} from {file}: {exc}") from exc
+    raise _fail(f"no {what}: set it in the environment or give a file")
+
+
+def broker_start_sasl(
+    home: Annotated[
+        Path | None, typer.Option(help="Local state folder (default: $TIER3_HOME or .tier3).")
+    ] = None,
+    port: Annotated[
+        int, typer.Option(help="Client (SASL) port on 127.0.0.1.", envvar="TIER3_BROKER_PORT")
+    ] = 9092,
+    admin_password: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TIER3_BROKER_ADMIN_PASSWORD",
+            show_default=False,
+            help="The broker's own super user's password (env only: never type it).",
+        ),
+    ] = None,
+    admin_password_file: Annotated[
+        Path | None,
+        typer.Option(envvar="TIER3_BROKER_ADMIN_PASSWORD_FILE", help="File holding it."),
+    ] = None,
+) -> None:
+    """Start the local broker with SASL/SCRAM-SHA-512 on its client listener.
+
+    The application user is TIER3_SASL_USERNAME with TIER3_SASL_PASSWORD(_FILE), the same
+    variables every tier3 client reads, so the broker and the clients agree by construction.
+    Users are written when the broker's storage is first formatted: start a new --home to change
+    them. Clients then need TIER3_SECURITY_PROTOCOL=SASL_PLAINTEXT.
+    """
+    from tier3.streams.broker_sasl import ScramUser, sasl_server_config
+    from tier3.streams.local_broker import BrokerError, LocalBroker
+
+    admin = _secret(admin_password, admin_password_file, "broker admin password")
+    client = KafkaSettings()
+    password = client.password()
+    if not client.sasl_username or password is None:
+        raise _fail(
+            "set TIER3_SASL_USERNAME and TIER3_SASL_PASSWORD (or _FILE) for the application user"
+        )
+    with _operator_errors(BrokerError):
+        user = ScramUser(client.sasl_username, password.get_secret_value())
+        broker = LocalBroker(
+            home=home or LocalSettings().home,
+            port=port,
+            extra_config=sasl_server_config(port, port + 1, admin, [user]),
+        )
+        console.print(f"starting Kafka with SASL/SCRAM in {broker.root} ...")
+        bootstrap = broker.start()
+    out.print(bootstrap)
+    console.print(
+        f"clients: TIER3_BOOTSTRAP_SERVERS={bootstrap} "
+        "TIER3_SECURITY_PROTOCOL=SASL_PLAINTEXT "
+        f"TIER3_SASL_USERNAME={user.name} TIER3_SASL_PASSWORD_FILE=<file>",
+        highlight=False,
+    )
+
+
 def register(app: typer.Typer, run_app: typer.Typer) -> None:
     """Add the operators' commands to the ``tier3`` command line."""
     app.add_typer(groups_app, name="groups")
     app.add_typer(replay_app, name="replay")
     app.command("status")(_status)
     app.add_typer(traces_app, name="traces")
+    from tier3.streams.cli import broker_app  # the group exists already: the CLI is calling us
+
+    broker_app.command("start-sasl")(broker_start_sasl)

@@ -95,3 +95,37 @@ def test_the_cli_connects_with_credentials_from_the_environment(sasl: SaslBroker
     env["TIER3_SASL_PASSWORD"] = "wrong"
     refused = subprocess.run([tier3, "status"], env=env, capture_output=True, text=True, timeout=60)
     assert refused.returncode == 3 and "not reachable" in refused.stdout
+
+
+def test_broker_start_sasl_from_the_command_line(tmp_path: Path) -> None:
+    from tests.sasl_broker import free_port
+
+    port = free_port()
+    password_file = tmp_path / "app-password"
+    password_file.write_text("app-secret-123\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIER3_")}
+    env |= {
+        "TIER3_BROKER_ADMIN_PASSWORD": "admin-secret-456",
+        "TIER3_SASL_USERNAME": "app",
+        "TIER3_SASL_PASSWORD_FILE": str(password_file),
+        "TIER3_BROKER_PORT": str(port),
+        "TIER3_HOME": str(tmp_path / "home"),
+    }
+    tier3 = str(Path(sys.executable).parent / "tier3")
+    started = subprocess.run(
+        [tier3, "broker", "start-sasl"], env=env, capture_output=True, text=True, timeout=150
+    )
+    try:
+        assert started.returncode == 0, started.stderr
+        assert started.stdout.strip() == f"127.0.0.1:{port}"
+        assert "secret" not in started.stdout + started.stderr
+        client = KafkaSettings(
+            bootstrap_servers=f"127.0.0.1:{port}",
+            security_protocol="SASL_PLAINTEXT",
+            sasl_username="app",
+            sasl_password_file=str(password_file),
+        )
+        assert AdminClient({**client.client_config(), "log_level": 0}).list_topics(timeout=10)
+        _refused({"bootstrap.servers": f"127.0.0.1:{port}"})
+    finally:
+        subprocess.run([tier3, "broker", "stop"], env=env, capture_output=True, timeout=60)
