@@ -254,3 +254,21 @@ def test_undecodable_request_goes_to_dead_letters_and_the_consumer_goes_on(kafka
     ).reason
     assert [name for name, _ in read_events(kafka, TRAINING_RESULTS)] == [TRAINING_FAILED]
     assert committed_offset(kafka, "trainers") == 2
+
+
+def test_merged_weights_on_request_load_as_a_plain_model(kafka, student, tmp_path):
+    from tier3.trainers.training_run import TrainingRun
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    traces = publish_traces(kafka, 20)
+    config = tiny_config(student, tmp_path / "training", max_steps=2, merge_weights=True)
+    outcome = TrainingRun(kafka, LocalSettings(home=tmp_path), config).handle(
+        request(MODEL, [t["query_id"] for t in traces])
+    )
+    assert outcome.event == TRAINING_COMPLETED, outcome.record
+    merged = outcome.record["merged_uri"].removeprefix("file://")
+    model = AutoModelForCausalLM.from_pretrained(merged)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    tokenizer = AutoTokenizer.from_pretrained(merged)
+    inputs = tokenizer("Request: show revenue", return_tensors="pt")
+    assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] > 2
