@@ -76,6 +76,19 @@ class RunArtifacts:
                 steps.append((int(match.group(1)), entry.rstrip("/")))
         return max(steps) if steps else None
 
+    def prune_checkpoints(self, keep: int) -> None:
+        """Delete all but the ``keep`` newest uploaded checkpoints."""
+        root = f"{self.path}/checkpoints"
+        if not self.fs.exists(root):
+            return
+        found = []
+        for entry in self.fs.ls(root, detail=False):
+            match = _CHECKPOINT.search(entry.rstrip("/"))
+            if match:
+                found.append((int(match.group(1)), entry.rstrip("/")))
+        for _, entry in sorted(found)[:-keep]:
+            self.fs.rm(entry, recursive=True)
+
     def download_checkpoint(self, remote: str, local_root: Path) -> Path:
         """Fetch an uploaded checkpoint into ``local_root`` (to resume on another machine)."""
         local = local_root / remote.rsplit("/", 1)[1]

@@ -63,7 +63,7 @@ class TrainerConfig(BaseSettings):
     num_train_epochs: float = Field(3.0, gt=0)
     max_steps: int = Field(-1, description="Stop after this many steps (-1: run the epochs).")
     per_device_train_batch_size: int = Field(
-        4, ge=1, description="Sequences per GPU per step (packed: 4 × 2048 tokens)."
+        4, ge=1, description="Sequences per GPU per step (packed: 4 of 2048 tokens)."
     )
     gradient_accumulation_steps: int = Field(1, ge=1)
     warmup_ratio: float = Field(0.03, ge=0.0, lt=1.0)

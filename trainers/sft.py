@@ -309,6 +309,7 @@ class CheckpointUploader(_callback_base()):
         local = Path(args.output_dir) / name
         if local.is_dir():
             uri = self.artifacts.upload_dir(local, f"checkpoints/{name}")
+            self.artifacts.prune_checkpoints(keep=args.save_total_limit or 1)
             log.info("checkpoint saved", step=state.global_step, uri=uri)
 
 

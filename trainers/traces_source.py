@@ -1,10 +1,10 @@
 """Read the compacted ``traces`` topic end to end: the latest trace of every live query.
 
-The read is a snapshot (``topic_snapshot``): the topic as it is when the run starts. Within a
-partition offsets are ordered, and a query_id always lands in the same partition, so the last
-value seen for a key is the latest trace; a tombstone (null value) deletes the key, which is how
-a deleted trace leaves the data. Compaction may already have dropped superseded values; the
-result is the same either way.
+The read is a snapshot (``tier3.streams.topic_reader``): the topic as it is when the run
+starts. Within a partition offsets are ordered, and a query_id always lands in the same
+partition, so the last value seen for a key is the latest trace; a tombstone (null value)
+deletes the key, which is how a deleted trace leaves the data. Compaction may already have
+dropped superseded values; the result is the same either way.
 
 A value that does not decode is counted and logged, not fatal: the capture stage dead-letters
 bad input before it reaches this topic, so one here is a bug to report, not a reason to stop
@@ -21,8 +21,8 @@ from tier3.schemas import DecodeError
 from tier3.schemas.registry import TRACE
 from tier3.streams.events import codec_of
 from tier3.streams.settings import KafkaSettings
+from tier3.streams.topic_reader import read_to_end
 from tier3.streams.topics import TRACES
-from tier3.trainers.topic_snapshot import read_to_end
 
 log = structlog.get_logger(__name__)
 

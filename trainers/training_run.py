@@ -30,16 +30,17 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from confluent_kafka import KafkaException
 from tier3.schemas import DecodeError
 from tier3.schemas.registry import TRAINING_COMPLETED, TRAINING_FAILED
 from tier3.streams.events import EventProducer, codec_of
 from tier3.streams.settings import KafkaSettings, LocalSettings
+from tier3.streams.topic_reader import read_to_end
 from tier3.streams.topics import TRAINING_RESULTS
 from tier3.trainers.artifacts import RunArtifacts, latest_local_checkpoint
 from tier3.trainers.config import TrainerConfig
 from tier3.trainers.dataset import BuiltDataset, build_dataset
 from tier3.trainers.failures import TrainingError
-from tier3.trainers.topic_snapshot import read_to_end
 from tier3.trainers.traces_source import read_traces
 
 log = structlog.get_logger(__name__)
@@ -101,7 +102,12 @@ class TrainingRun:
 
     def _train(self, request: dict[str, Any], artifacts: RunArtifacts, bound: Any) -> dict:
         config = self.config
-        snapshot = read_traces(self.settings)
+        try:
+            snapshot = read_traces(self.settings)
+        except (TimeoutError, KafkaException) as exc:
+            raise TrainingError(
+                "dataset", f"cannot read the traces topic: {exc}", type(exc).__name__
+            ) from exc
         built = build_dataset(request, snapshot.traces, config.eval_share, config.base_model)
         if len(built.train) < config.min_train_examples:
             raise TrainingError(
