@@ -47,7 +47,7 @@ fi
 start=$(date +%s)
 # GOBIN puts the binary in the cache; the module cache is the user's, so a rebuild reuses it.
 GOFLAGS=-mod=mod CGO_ENABLED=1 GOBIN="$cache/bin.partial" \
-    CGO_CFLAGS="-O2 -I$include" CGO_CXXFLAGS="-O2 -I$include" \
+    CGO_CPPFLAGS="-I$include" \
     nice -n 10 go install "github.com/ollama/ollama@${version}" >&2
 mv "$cache/bin.partial" "$cache/bin"
 echo "built ollama ${version} in $(( $(date +%s) - start ))s" >&2
