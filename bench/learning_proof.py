@@ -147,6 +147,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--work", type=Path, default=None, help="Keep artefacts here.")
+    parser.add_argument(
+        "--gguf", type=Path, default=None, help="Also export the trained student here (F16 GGUF)."
+    )
     args = parser.parse_args()
     if args.smoke:
         args.queries, args.max_eval, args.hidden, args.layers = 240, 12, 256, 2
@@ -194,6 +197,12 @@ def run(args: argparse.Namespace) -> dict:
     assert outcome.merged_dir is not None
     after = measure(outcome.merged_dir, held_out, args)
 
+    exported = None
+    if args.gguf:
+        from tier3.trainers.gguf_export import export_gguf
+
+        result = export_gguf(outcome.merged_dir, args.gguf, name="widget-student")
+        exported = {"path": str(result.path), "sha256": result.sha256}
     goal = after["json_validity_rate"] >= 0.99 and after["selection_agreement"] >= 0.90
     summary = {
         "mode": "smoke" if args.smoke else "full",
@@ -207,6 +216,7 @@ def run(args: argparse.Namespace) -> dict:
         "after": after,
         "training": outcome.metrics,
         "goal": {"json_validity": 0.99, "selection_agreement": 0.90, "met": goal},
+        "gguf": exported,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "work_dir": str(work),
     }
