@@ -86,7 +86,9 @@ class RoutingSettings(BaseSettings):
         "cc-widget-selector-v2", description="Ollama name of the student when none is deployed."
     )
     model: str = Field(
-        "tier3-student", description="Logical model name (key of its deployment events)."
+        # The trainer's default student name (TIER3_TRAIN_STUDENT_MODEL); set both together.
+        "cc-widget-selector",
+        description="Logical model name (key of its deployment events).",
     )
     teacher_model: str = Field("claude-sonnet-4-5", description="Recorded on teacher answers.")
 

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -187,3 +190,34 @@ def test_rollback_switches_running_routers_back(kafka):
             log.rollback(reason="nothing left")
     finally:
         watcher.close()
+
+
+def tier3(kafka, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "TIER3_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "TIER3_TOPIC_PREFIX": kafka.topic_prefix,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tier3.streams", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_rollback_is_one_command(kafka):
+    producer = EventProducer(kafka)
+    now = int(time.time() * 1000)
+    # The default logical model of the trainer and of the router: cc-widget-selector.
+    model = RoutingSettings().model
+    producer.send_and_wait(TRAINING_RESULTS, MODEL_DEPLOYED, model, deployed("v1", now))
+
+    done = tier3(kafka, "rollback", "--reason", "users complain")
+    assert done.returncode == 0, done.stderr
+    assert "now serving the teacher" in done.stderr
+    assert DeploymentLog(kafka, model).current() is None
+
+    again = tier3(kafka, "rollback")
+    assert again.returncode == 1 and "nothing to roll back" in again.stderr
