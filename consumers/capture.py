@@ -7,9 +7,11 @@ idle), so rebalance callbacks, offset books, pausing and commits all happen on o
 no locks. The producer's delivery callbacks come from a small polling thread and are handed to
 the loop with ``call_soon_threadsafe``. Object writes (blocking fsspec calls) run in a thread pool.
 
-Flow control. At most ``concurrency`` jobs are in flight. When full, the consumer pauses every
-assigned partition and keeps polling (so it stays in the group); it resumes when in-flight work
-falls to three quarters, so it does not flap around the limit.
+Flow control. At most ``concurrency`` jobs are in flight. Jobs fetched beyond that wait in a
+small buffer (``prefetch``, a quarter of the concurrency); when the buffer is full the consumer
+pauses every assigned partition and keeps polling (so it stays in the group), and resumes when
+the buffer is half empty. The buffer hides the cost of resuming (a fetch round trip, which was
+a second per resume when the process paused at the in-flight limit itself).
 
 Delivery. A job is finished when its trace object is stored and its ``traces`` record is
 acknowledged (acks=all), or when its dead letter is acknowledged. Offsets are committed only past
@@ -33,7 +35,7 @@ import asyncio
 import random
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -56,7 +58,6 @@ from tier3.streams.widgets import parse_answer
 log = structlog.get_logger("tier3.capture")
 
 _IDLE_SLEEP_S = 0.01
-_RESUME_FRACTION = 0.75
 
 
 class CaptureConsumer:
@@ -81,6 +82,10 @@ class CaptureConsumer:
         self.producer = EventProducer(kafka)
         self.books = OffsetBooks()
         self.tasks: set[asyncio.Task[None]] = set()
+        # Jobs fetched but not started: a small buffer, so that resuming a paused partition (a
+        # fetch round trip, up to a second) never leaves the process idle.
+        self.waiting: deque[tuple[Message, PartitionBook]] = deque()
+        self.prefetch = max(8, settings.concurrency // 4)
         self.paused = False
         self._repause = False
         self._consumer: Consumer | None = None
@@ -124,16 +129,20 @@ class CaptureConsumer:
             await self._shut_down()
 
     def _take_jobs(self) -> int:
+        """Start waiting jobs while there is room; fetch more; pause or resume the fetching."""
         assert self._consumer is not None
         limit = self.settings.concurrency
-        room = limit - len(self.tasks)
-        if room <= 0 and not self.paused:
+        while self.waiting and len(self.tasks) < limit:
+            self._start(*self.waiting.popleft())
+        buffered = len(self.waiting)
+        if not self.paused and buffered >= self.prefetch:
             self._set_paused(True)
-        elif self.paused and len(self.tasks) <= limit * _RESUME_FRACTION:
+        elif self.paused and buffered <= self.prefetch // 2:
             self._set_paused(False)
         elif self.paused and self._repause:
             self._set_paused(True)
         # Paused partitions return nothing; polling goes on so rebalances and heartbeats are served.
+        room = (limit - len(self.tasks)) + (self.prefetch - buffered)
         messages = self._consumer.consume(num_messages=max(1, min(room, 500)), timeout=0)
         for msg in messages:
             if msg.error():
@@ -142,11 +151,17 @@ class CaptureConsumer:
                 continue
             book = self.books.book(msg.topic(), msg.partition())
             book.take(msg.offset())
-            task = asyncio.get_running_loop().create_task(self._handle(msg, book))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            if len(self.tasks) < limit:
+                self._start(msg, book)
+            else:
+                self.waiting.append((msg, book))
         metrics.IN_FLIGHT.set(len(self.tasks))
         return len(messages)
+
+    def _start(self, msg: Message, book: PartitionBook) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(msg, book))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
 
     def _set_paused(self, paused: bool) -> None:
         assert self._consumer is not None
@@ -354,17 +369,27 @@ class CaptureConsumer:
         log.info("partitions revoked", partitions=[p.partition for p in partitions])
         self._commit(asynchronous=False, partitions=partitions)
         self.books.drop(partitions)
+        self._forget_waiting(partitions)
 
     def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.warning("partitions lost", partitions=[p.partition for p in partitions])
         self.books.drop(partitions)
+        self._forget_waiting(partitions)
+
+    def _forget_waiting(self, partitions: list[TopicPartition]) -> None:
+        """Jobs of a partition that is no longer ours, not started yet: its next owner does them."""
+        gone = {(p.topic, p.partition) for p in partitions}
+        self.waiting = deque(
+            (m, b) for m, b in self.waiting if (m.topic(), m.partition()) not in gone
+        )
 
     # -- shutdown ------------------------------------------------------------------------------
 
     async def _shut_down(self) -> None:
         deadline = self.settings.shutdown_deadline_s
         log.info("stopping: finishing in-flight jobs", in_flight=len(self.tasks),
-                 deadline_s=deadline)
+                 not_started=len(self.waiting), deadline_s=deadline)
+        self.waiting.clear()  # never started, never committed: redelivered
         if self._consumer is not None and self._consumer.assignment():
             self._consumer.pause(self._consumer.assignment())
         pending: set[asyncio.Task[None]] = set()

@@ -28,6 +28,7 @@ import anthropic
 import httpx
 import ollama
 import structlog
+from httpx_aiohttp import AiohttpTransport
 from tier3.consumers import metrics
 from tier3.consumers.rate_limit import RateLimiter
 from tier3.consumers.settings import CaptureSettings
@@ -116,7 +117,7 @@ class AnthropicTeacher:
             middleware=[self._each_attempt],
             # Keep-alive for every concurrent call, not the SDK's default 100, so hundreds of
             # calls in flight do not reconnect each time.
-            http_client=anthropic.DefaultAsyncHttpxClient(
+            http_client=anthropic.DefaultAioHttpClient(
                 limits=type(anthropic.DEFAULT_CONNECTION_LIMITS)(
                     max_connections=max_connections, max_keepalive_connections=max_connections
                 )
@@ -173,7 +174,9 @@ class OllamaProvider:
         self.think = think
         limits = httpx.Limits(max_connections=max_connections,
                               max_keepalive_connections=max_connections)
-        self.client = ollama.AsyncClient(host=host, timeout=timeout_s, limits=limits)
+        self.client = ollama.AsyncClient(
+            host=host, timeout=timeout_s, transport=AiohttpTransport(limits=limits)
+        )
 
     async def answer(self, task: Task) -> Answer:
         response = await self.client.chat(
