@@ -281,6 +281,13 @@ ExecuteOpt = Annotated[
     bool, typer.Option("--execute", help="Send the jobs (default: dry run, show the counts).")
 ]
 RateOpt = Annotated[float | None, typer.Option(help="At most this many jobs per second.")]
+IncludeDeletedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--include-deleted",
+        help="Also replay queries whose trace was deleted (default: leave them out).",
+    ),
+]
 
 
 def _window(
@@ -302,14 +309,25 @@ def _window(
 
 
 def _run_replay(
-    action: str, window: Any, target_prefix: str | None, rate: float | None, as_json: bool, run: Any
+    action: str,
+    window: Any,
+    target_prefix: str | None,
+    rate: float | None,
+    as_json: bool,
+    include_deleted: bool,
+    run: Any,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
     from tier3.streams.offsets import RangeReadError
     from tier3.streams.replay import Replayer, ReplayError, resolve
 
     with _operator_errors(ReplayError, RangeReadError, LookupError):
-        replayer = Replayer(KafkaSettings(), target_prefix=target_prefix, rate=rate)
+        replayer = Replayer(
+            KafkaSettings(),
+            target_prefix=target_prefix,
+            rate=rate,
+            respect_deletions=not include_deleted,
+        )
         total = sum(
             r.size for r in resolve(replayer.admin, replayer.settings.topic(action), window)
         )
@@ -327,7 +345,8 @@ def _run_replay(
     chosen = ", ".join(f"{k} {v}" for k, v in sorted(report.chosen.items())) or "none"
     out.print(
         f"read {report.read} ({report.undecodable} undecodable, {report.duplicates} "
-        f"repeated queries); jobs: {chosen}; target {report.target}"
+        f"repeated, {report.skipped_deleted} deleted queries left out); jobs: {chosen}; "
+        f"target {report.target}"
     )
     if report.executed:
         out.print(f"sent {report.sent} jobs (replay id {report.replay_id})")
@@ -363,6 +382,7 @@ def replay_resample(
     target_prefix: TargetOpt = None,
     execute: ExecuteOpt = False,
     rate: RateOpt = None,
+    include_deleted: IncludeDeletedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Decide a window of experiences again with a new capture policy; send the chosen jobs.
@@ -388,6 +408,7 @@ def replay_resample(
         target_prefix,
         rate,
         as_json,
+        include_deleted,
         lambda r, progress: r.resample(
             window, policy, execute=execute, feedback_grace_s=feedback_grace, progress=progress
         ),
@@ -404,6 +425,7 @@ def replay_recapture(
     target_prefix: TargetOpt = None,
     execute: ExecuteOpt = False,
     rate: RateOpt = None,
+    include_deleted: IncludeDeletedOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Send a window of capture jobs again (reason 'replay'), e.g. after changing the teacher
@@ -415,6 +437,7 @@ def replay_recapture(
         target_prefix,
         rate,
         as_json,
+        include_deleted,
         lambda r, progress: r.recapture(window, execute=execute, progress=progress),
     )
 

@@ -20,6 +20,9 @@ derived from the query_id and the trace to the compacted ``traces`` topic keyed 
 replayed query overwrites its trace rather than adding one: replaying a window twice leaves the
 dataset the same size.
 
+**Deleted stays deleted.** A query whose trace was deleted (``tier3 traces delete``: a tombstone
+on ``traces``) is left out of every replay, so history cannot bring a forgotten query back.
+
 **Dry run first.** Without ``execute`` the window is read and decided, and the counts (read,
 chosen by reason, undecodable) are reported, but nothing is sent. A message that does not decode
 is counted and skipped: the live consumer already sent it to the dead-letter topic when it first
@@ -47,7 +50,7 @@ from tier3.streams.events import EventProducer, codec_of
 from tier3.streams.offsets import Range, read_ranges
 from tier3.streams.sampling import Policy, decide
 from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES, admin_client, create_topics
+from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES, TRACES, admin_client, create_topics
 from tier3.streams.topics import FEEDBACK as FEEDBACK_TOPIC
 
 log = structlog.get_logger("tier3.replay")
@@ -89,6 +92,7 @@ class ReplayReport:
     read: int = 0
     undecodable: int = 0
     duplicates: int = 0
+    skipped_deleted: int = 0
     chosen: Counter[str] = field(default_factory=Counter)
     sent: int = 0
     failed: int = 0
@@ -109,6 +113,7 @@ class ReplayReport:
             "read": self.read,
             "undecodable": self.undecodable,
             "duplicates": self.duplicates,
+            "skipped_deleted": self.skipped_deleted,
             "chosen": dict(self.chosen),
             "jobs": sum(self.chosen.values()),
             "sent": self.sent,
@@ -195,9 +200,11 @@ class Replayer:
         *,
         target_prefix: str | None = None,
         rate: float | None = None,
+        respect_deletions: bool = True,
         admin: AdminClient | None = None,
     ) -> None:
         self.settings = settings
+        self.respect_deletions = respect_deletions
         self.target = (
             settings.model_copy(update={"topic_prefix": target_prefix})
             if target_prefix is not None
@@ -241,6 +248,7 @@ class Replayer:
         feedback = {}
         if latest and first_ms is not None and last_ms is not None:
             feedback = self._feedback(set(latest), first_ms, last_ms + int(feedback_grace_s * 1000))
+        self._drop_deleted(report, latest)
         now_ms = int(time.time() * 1000)
         jobs = []
         for query_id, (partition, experience) in latest.items():
@@ -265,10 +273,30 @@ class Replayer:
                 continue
             report.duplicates += record["query_id"] in latest
             latest[record["query_id"]] = (msg.partition(), {**record, "reason": REPLAY_REASON})
+        self._drop_deleted(report, latest)
         report.chosen[REPLAY_REASON] = len(latest)
         if execute:
             self._send(report, list(latest.values()))
         return report
+
+    def _drop_deleted(self, report: ReplayReport, latest: dict[str, Any]) -> None:
+        """Leave out queries whose trace was deleted: a replay must not bring a forgotten one
+        back. A deletion is a tombstone on ``traces``, visible for its ``delete.retention.ms``."""
+        if not self.respect_deletions or not latest:
+            return
+        for query_id in self.deleted_queries() & set(latest):
+            del latest[query_id]
+            report.skipped_deleted += 1
+
+    def deleted_queries(self) -> set[str]:
+        """Query ids whose latest value on the traces topic is a tombstone."""
+        full = self.settings.topic(TRACES)
+        marks = offsets.watermarks(self.admin, offsets.partitions_of(self.admin, full))
+        ranges = [Range(t, p, low, high) for (t, p), (low, high) in marks.items()]
+        deleted: dict[bytes, bool] = {}
+        for msg in read_ranges(self.settings, ranges):
+            deleted[msg.key() or b""] = msg.value() is None
+        return {key.decode(errors="replace") for key, gone in deleted.items() if gone}
 
     def _decode(
         self, msg: Message, event: str, report: ReplayReport, progress: Progress | None

@@ -116,3 +116,17 @@ def test_cli_traces_delete(captured) -> None:
         timeout=60,
     )
     assert nothing.returncode == 1 and "--query-id" in nothing.stderr
+
+
+def test_a_replay_does_not_bring_a_deleted_trace_back(captured) -> None:
+    from tier3.streams.replay import Replayer, Window
+
+    kafka, _, ids = captured
+    delete_traces(kafka, [ids[0]])
+    report = Replayer(kafka).recapture(Window(), execute=True)
+    assert report.skipped_deleted == 1 and report.sent == len(ids) - 1
+    resent = [r.key for r in read_all(kafka, "capture-jobs")]
+    assert resent.count(ids[0]) == 1  # only the original job, never a replayed one
+    assert all(resent.count(q) == 2 for q in ids[1:])
+    forced = Replayer(kafka, respect_deletions=False).recapture(Window())
+    assert forced.skipped_deleted == 0 and forced.chosen["replay"] == len(ids)
