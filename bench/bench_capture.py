@@ -42,6 +42,7 @@ from tier3.streams.widgets import random_query
 
 ROOT = Path(__file__).resolve().parent.parent
 TIER3 = str(Path(sys.executable).with_name("tier3"))
+SINK = "tier3_capture_sink_latency_seconds"
 
 
 def free_port() -> int:
@@ -81,13 +82,18 @@ def scrape(port: int) -> dict[str, float]:
     found: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            found[sample.name] = found.get(sample.name, 0.0) + sample.value
+            found[sample.name] = found.get(sample.name, 0.0) + sample.value  # over all labels
+            for label, value in sample.labels.items():
+                key = f"{sample.name}[{label}={value}]"
+                found[key] = found.get(key, 0.0) + sample.value
     return found
 
 
-def mean_seconds(metrics: dict[str, float], name: str) -> float:
-    count = metrics.get(f"{name}_count", 0.0)
-    return metrics.get(f"{name}_sum", 0.0) / count if count else float("nan")
+def mean_seconds(metrics: dict[str, float], name: str, label: str = "") -> float:
+    """Mean of a histogram from its _sum and _count (of one ``label=value``, or all)."""
+    suffix = f"[{label}]" if label else ""
+    count = metrics.get(f"{name}_count{suffix}", 0.0)
+    return metrics.get(f"{name}_sum{suffix}", 0.0) / count if count else float("nan")
 
 
 def run(bootstrap: str, jobs: int, concurrency: int, teacher: str, student: str) -> dict:
@@ -145,6 +151,8 @@ def run(bootstrap: str, jobs: int, concurrency: int, teacher: str, student: str)
         "in_flight_max": max(s[2] for s in samples),
         "teacher_latency_mean_s": mean_seconds(last, "tier3_capture_teacher_latency_seconds"),
         "student_latency_mean_s": mean_seconds(last, "tier3_capture_student_latency_seconds"),
+        "object_write_mean_s": mean_seconds(last, SINK, "sink=object"),
+        "topic_ack_mean_s": mean_seconds(last, SINK, "sink=topic"),
         # Little's law: the time a job spends in the process, waiting included.
         "job_time_s": in_flight_median / rate,
         "rss_peak_mib": rss_peak / 2**20,

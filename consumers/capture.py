@@ -219,8 +219,10 @@ class CaptureConsumer:
             raise teacher
         trace, document = self._trace(job, task, teacher, student, uri)
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._io, self.store.write, query_id, document)
-        await self._produce_trace(query_id, trace)
+        with metrics.SINK_LATENCY.labels("object").time():
+            await loop.run_in_executor(self._io, self.store.write, query_id, document)
+        with metrics.SINK_LATENCY.labels("topic").time():
+            await self._produce_trace(query_id, trace)
 
     async def _ask(
         self, provider: Provider, task: Task, latency: Any, role: str

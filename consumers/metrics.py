@@ -29,6 +29,12 @@ STUDENT_LATENCY = Histogram(
     ["provider"],
     buckets=_LATENCY_BUCKETS,
 )
+SINK_LATENCY = Histogram(
+    "tier3_capture_sink_latency_seconds",
+    "Time until a trace write is confirmed: 'object' stored, 'topic' acknowledged by the broker.",
+    ["sink"],
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+)
 RETRIES = Counter(
     "tier3_capture_retries_total",
     "Retries: 'http' are SDK retries of a call (429/529/5xx), 'job' are whole-job attempts.",
