@@ -82,6 +82,30 @@ def test_train_force_publish_makes_the_counters_request(kafka, tmp_path):
     assert record["request_id"] == request_id_for(MODEL, ids)
 
 
+def test_train_force_trains_here_and_prints_the_result(kafka, tmp_path):
+    from tier3.trainers.tiny_model import cached_tiny_student
+
+    publish_traces(kafka, 20)
+    env = tier3_env(
+        kafka,
+        tmp_path,
+        base_model=cached_tiny_student(TINY_CACHE),
+        max_steps=3,
+        per_device_train_batch_size=2,
+        max_seq_length=256,
+        progress="bar",
+    )
+    done = tier3("train", "--force", env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = json.loads(done.stdout)
+    assert printed["event"] == TRAINING_COMPLETED
+    assert printed["metrics"]["global_step"] == 3
+    [(name, record)] = read_events(kafka, TRAINING_RESULTS)
+    assert name == TRAINING_COMPLETED
+    assert record["request_id"] == printed["request_id"]
+    assert "3/3 steps" in done.stderr  # the progress bar, asked for with progress=bar
+
+
 @pytest.mark.slow
 def test_killed_trainer_resumes_from_its_last_checkpoint(kafka, tmp_path):
     from tier3.trainers.artifacts import RunArtifacts

@@ -266,6 +266,7 @@ class BarProgress(_callback_base()):
         self._task: Any = None
 
     def on_train_begin(self, args, state, control, **kwargs):
+        from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
         if not state.is_world_process_zero:
@@ -276,6 +277,7 @@ class BarProgress(_callback_base()):
             TextColumn("{task.completed}/{task.total} steps"),
             TextColumn("loss {task.fields[loss]}"),
             TimeRemainingColumn(),
+            console=Console(stderr=True),  # stdout is for results (tier3 train prints JSON)
         )
         self._task = self._progress.add_task(
             "train", total=state.max_steps, completed=state.global_step, loss="-"
