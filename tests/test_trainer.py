@@ -272,3 +272,20 @@ def test_merged_weights_on_request_load_as_a_plain_model(kafka, student, tmp_pat
     tokenizer = AutoTokenizer.from_pretrained(merged)
     inputs = tokenizer("Request: show revenue", return_tensors="pt")
     assert model.generate(**inputs, max_new_tokens=3, do_sample=False).shape[1] > 2
+
+
+@pytest.mark.slow
+def test_several_processes_train_under_torchrun(kafka, student, tmp_path):
+    """nproc_per_node=2 runs the SFT step under torchrun (gloo DDP on this CPU)."""
+    from tier3.trainers.training_run import TrainingRun
+
+    traces = publish_traces(kafka, 30)
+    config = tiny_config(student, tmp_path / "training", max_steps=3, nproc_per_node=2)
+    outcome = TrainingRun(kafka, LocalSettings(home=tmp_path), config).handle(
+        request(MODEL, [t["query_id"] for t in traces])
+    )
+    assert outcome.event == TRAINING_COMPLETED, outcome.record
+    assert outcome.record["metrics"]["world_size"] == 2
+    assert outcome.record["metrics"]["global_step"] == 3
+    adapter = Path(outcome.record["adapter_uri"].removeprefix("file://"))
+    assert (adapter / "adapter_config.json").is_file()

@@ -211,6 +211,7 @@ def _train_metrics(result: Any, trainer: Any, runtime: float, resume_from: Path 
         "tokens": float(tokens),
         "tokens_per_second": tokens / runtime if runtime > 0 else 0.0,
         "resumed_from_step": float(_step_of(resume_from)),
+        "world_size": float(trainer.args.world_size),
     }
     if history.losses:
         metrics["first_logged_loss"] = history.losses[0]
