@@ -179,6 +179,32 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
                     torch.cuda.synchronize()
                 self.marks.append((state.global_step, time.perf_counter(), logs["num_tokens"]))
 
+    class Profile(TrainerCallback):
+        """torch.profiler over three steps after the warm-up; tables to stderr and $OUT."""
+
+        def __init__(self) -> None:
+            self.prof = None
+
+        def on_step_begin(self, a, state, control, **kw):
+            if state.global_step == args.warmup and self.prof is None:
+                activities = [torch.profiler.ProfilerActivity.CPU]
+                if torch.cuda.is_available():
+                    activities.append(torch.profiler.ProfilerActivity.CUDA)
+                self.prof = torch.profiler.profile(activities=activities)
+                self.prof.__enter__()
+
+        def on_step_end(self, a, state, control, **kw):
+            if self.prof is not None and state.global_step == args.warmup + 3:
+                self.prof.__exit__(None, None, None)
+                averages = self.prof.key_averages()
+                sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+                text = "\n".join(
+                    averages.table(sort_by=key, row_limit=30) for key in (sort, "cpu_time_total")
+                )
+                sys.stderr.write(text)
+                if os.environ.get("OUT"):
+                    Path(os.environ["OUT"], f"trainer_profile_{which}.txt").write_text(text)
+
     on_gpu = torch.cuda.is_available()
     device = "cuda" if on_gpu else "cpu"
     shape = TINY if args.smoke else LLAMA_1B
@@ -196,6 +222,7 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
     dataset = Dataset.from_list(traces)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{which}-"))
     clock = Clock()
+    callbacks = [clock, Profile()] if args.profile else [clock]
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     if which == "stock":
@@ -216,7 +243,7 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
             train_dataset=dataset,
             processing_class=AutoTokenizer.from_pretrained(model_dir),
             peft_config=lora_config(tier3_cfg),
-            callbacks=[clock],
+            callbacks=callbacks,
         )
         described = {
             "dtype_weights": "float32 (TRL default)",
@@ -235,7 +262,7 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
             train_dataset=dataset,
             processing_class=tokenizer,
             peft_config=lora_config(tier3_cfg),
-            callbacks=[clock],
+            callbacks=callbacks,
         )
         resolved = tier3_cfg.resolved(device)
         described = {
@@ -295,7 +322,7 @@ def child(
         "--warmup", str(args.warmup), "--seq-len", str(args.seq_len),
         "--examples", str(args.examples), "--tokens-per-thought", str(args.tokens_per_thought),
         "--overrides", json.dumps(overrides or {}),
-    ] + (["--smoke"] if args.smoke else [])  # fmt: skip
+    ] + (["--smoke"] if args.smoke else []) + (["--profile"] if args.profile else [])  # fmt: skip
     script = [str(Path(__file__).resolve()), *flags]
     if nproc > 1:
         command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
@@ -308,6 +335,8 @@ def child(
     result = subprocess.run(
         [*command, *script], capture_output=True, text=True, check=False, env=env
     )
+    if args.profile:
+        sys.stderr.write(result.stderr[-30000:])
     lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
     if result.returncode != 0 or not lines:
         sys.stderr.write(result.stderr[-6000:])
@@ -337,6 +366,10 @@ def main() -> int:
         help="also run tier3 with these TrainerConfig overrides, "
         "e.g. flex:attn_implementation=flex_attention",
     )
+    parser.add_argument(
+        "--profile", action="store_true", help="profile 3 steps of each run (torch.profiler)"
+    )
+    parser.add_argument("--only", choices=("stock", "tier3"), help="run one configuration")
     parser.add_argument("--overrides", default="{}", help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=("stock", "tier3"), help=argparse.SUPPRESS)
     parser.add_argument("--model-dir", help=argparse.SUPPRESS)
@@ -360,11 +393,14 @@ def main() -> int:
     started = time.time()
     with tempfile.TemporaryDirectory(prefix="bench-model-") as folder:
         args.model_dir = str(build_model(TINY if args.smoke else LLAMA_1B, Path(folder)))
-        runs = [child("stock", args), child("tier3", args)]
+        runs = [child(which, args) for which in ("stock", "tier3") if args.only in (None, which)]
         for variant in args.variant:
             runs.append(child("tier3", args, 1, parse_variant(variant)))
         if args.nproc > 1:
             runs.append(child("tier3", args, args.nproc))
+    if args.only:
+        print(json.dumps(runs, indent=2))
+        return 0 if all("error" not in r for r in runs) else 1
     stock, ours = runs[0], runs[1]
     summary = {
         "benchmark": "trainer LoRA SFT, Llama-3.2-1B shape"
