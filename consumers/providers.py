@@ -5,6 +5,10 @@
   ``retry-after`` (``max_retries``), so tier3 does not wrap a second retry loop around it; an SDK
   middleware, which runs once per HTTP attempt, counts the retries and applies the client-side
   rate limit to every attempt, retries included.
+* ``OpenAICompatibleTeacher``: any server that speaks OpenAI's chat completions (vLLM, TGI,
+  Ollama's ``/v1``, a gateway), through the ``openai`` SDK, which retries and backs off as the
+  anthropic one does. Its thinking is the ``reasoning_content`` / ``reasoning`` field such
+  servers add, when there is one. The rate limit applies per call (this SDK has no middleware).
 * ``OllamaProvider``: any model Ollama serves, through ``ollama.AsyncClient``; the student, or a
   larger local teacher. JSON output is asked for with the task's JSON Schema (``format``).
 * ``OfflineTeacher`` / ``OfflineStudent``: for the demo and machines without keys or servers.
@@ -26,7 +30,9 @@ from typing import Any, Protocol
 
 import anthropic
 import httpx
+import httpx2
 import ollama
+import openai
 import structlog
 from httpx_aiohttp import AiohttpTransport
 from tier3.consumers import metrics
@@ -154,6 +160,63 @@ class AnthropicTeacher:
         await self.client.close()
 
 
+class OpenAICompatibleTeacher:
+    """A teacher behind an OpenAI-compatible chat completions API."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        *,
+        api_key: str | None = None,
+        max_tokens: int = 4096,
+        json_output: bool = True,
+        max_retries: int = 4,
+        timeout_s: float = 120.0,
+        limiter: RateLimiter | None = None,
+        max_connections: int = 1000,
+    ) -> None:
+        self.model = model
+        self.max_tokens = max_tokens
+        self.json_output = json_output
+        self.limiter = limiter
+        limits = httpx2.Limits(max_connections=max_connections,
+                               max_keepalive_connections=max_connections)
+        self.client = openai.AsyncOpenAI(
+            base_url=base_url,
+            api_key=api_key or "none",  # local servers want no key, the SDK wants one
+            max_retries=max_retries,
+            timeout=timeout_s,
+            http_client=openai.DefaultAioHttpClient(limits=limits),
+        )
+
+    async def answer(self, task: Task) -> Answer:
+        messages = [{"role": "user", "content": task.prompt}]
+        estimate = _estimate_tokens(messages)
+        if self.limiter is not None:
+            metrics.RATE_LIMIT_WAIT.inc(await self.limiter.admit(estimate))
+        extra: dict[str, Any] = {}
+        if self.json_output:
+            extra["response_format"] = {"type": "json_object"}
+        completion = await self.client.chat.completions.create(
+            model=self.model, messages=messages, max_tokens=self.max_tokens, **extra
+        )
+        message = completion.choices[0].message
+        fields = message.model_extra or {}
+        thinking = fields.get("reasoning_content") or fields.get("reasoning") or ""
+        usage = completion.usage
+        input_tokens = usage.prompt_tokens if usage else 0
+        output_tokens = usage.completion_tokens if usage else 0
+        if self.limiter is not None:
+            self.limiter.settle(estimate, input_tokens + output_tokens)
+        return Answer(message.content or "", thinking, input_tokens, output_tokens)
+
+    async def aclose(self) -> None:
+        await self.client.close()
+
+
 class OllamaProvider:
     """A model served by Ollama: the student, or a larger local teacher."""
 
@@ -230,12 +293,26 @@ class OfflineStudent:
 def build_teacher(settings: CaptureSettings) -> Provider:
     """The configured teacher; logs plainly when the offline one stands in."""
     model = settings.teacher_model_name
+    limiter = None
+    if settings.teacher_requests_per_minute or settings.teacher_tokens_per_minute:
+        limiter = RateLimiter(settings.teacher_requests_per_minute,
+                              settings.teacher_tokens_per_minute)
+    if settings.teacher_provider == "openai":
+        assert settings.openai_base_url is not None  # settings validation guarantees it
+        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
+        return OpenAICompatibleTeacher(
+            settings.openai_base_url,
+            model,
+            api_key=key,
+            max_tokens=settings.teacher_max_tokens,
+            json_output=settings.json_output,
+            max_retries=settings.teacher_max_retries,
+            timeout_s=settings.teacher_timeout_s,
+            limiter=limiter,
+            max_connections=settings.concurrency * 2,
+        )
     if settings.teacher_provider == "anthropic":
         assert settings.anthropic_api_key is not None  # settings validation guarantees it
-        limiter = None
-        if settings.teacher_requests_per_minute or settings.teacher_tokens_per_minute:
-            limiter = RateLimiter(settings.teacher_requests_per_minute,
-                                  settings.teacher_tokens_per_minute)
         return AnthropicTeacher(
             settings.anthropic_api_key.get_secret_value(),
             model,

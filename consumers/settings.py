@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-TeacherProvider = Literal["anthropic", "ollama", "offline"]
+TeacherProvider = Literal["anthropic", "openai", "ollama", "offline"]
 StudentProvider = Literal["ollama", "offline"]
 
 
@@ -39,12 +39,18 @@ class CaptureSettings(BaseSettings):
     commit_interval_s: float = Field(0.5, gt=0, description="How often done offsets are committed.")
 
     teacher_provider: TeacherProvider | None = Field(
-        None, description="anthropic | ollama | offline (default: anthropic if a key is set)."
+        None, description="anthropic | openai | ollama | offline (default: anthropic if keyed)."
     )
     anthropic_api_key: SecretStr | None = Field(
         None, validation_alias=AliasChoices("ANTHROPIC_API_KEY", "TIER3_ANTHROPIC_API_KEY")
     )
     anthropic_base_url: str | None = Field(None, description="Anthropic API base URL override.")
+    openai_base_url: str | None = Field(
+        None, description="An OpenAI-compatible server's /v1 URL (vLLM, Ollama, a gateway)."
+    )
+    openai_api_key: SecretStr | None = Field(
+        None, validation_alias=AliasChoices("OPENAI_API_KEY", "TIER3_OPENAI_API_KEY")
+    )
     teacher_model: str | None = Field(None, description="Teacher model (default per provider).")
     thinking_budget: int = Field(2048, ge=0, description="Thinking budget; 0: off.")
     teacher_max_tokens: int = Field(4096, ge=1, description="max_tokens of a teacher call.")
@@ -87,6 +93,8 @@ class CaptureSettings(BaseSettings):
             self.student_provider = "ollama" if self.ollama_host else "offline"
         if self.teacher_provider == "anthropic" and self.anthropic_api_key is None:
             raise ValueError("TIER3_TEACHER_PROVIDER=anthropic needs ANTHROPIC_API_KEY")
+        if self.teacher_provider == "openai" and not self.openai_base_url:
+            raise ValueError("TIER3_TEACHER_PROVIDER=openai needs TIER3_OPENAI_BASE_URL")
         if self.thinking_budget and self.teacher_max_tokens <= self.thinking_budget:
             raise ValueError("TIER3_TEACHER_MAX_TOKENS must exceed TIER3_THINKING_BUDGET")
         return self
@@ -95,6 +103,8 @@ class CaptureSettings(BaseSettings):
     def teacher_model_name(self) -> str:
         if self.teacher_model:
             return self.teacher_model
-        return {"anthropic": "claude-sonnet-4-6", "ollama": "llama3.1:70b"}.get(
+        defaults = {"anthropic": "claude-sonnet-4-6", "ollama": "llama3.1:70b",
+                    "openai": "llama3.1:70b"}
+        return defaults.get(
             self.teacher_provider or "offline", "reference-rules"
         )

@@ -23,6 +23,7 @@ from tier3.consumers.settings import CaptureSettings
 from tier3.streams.widgets import ANSWER_SCHEMA, parse_answer, reference_answer
 
 from tests.servers import AnthropicServer, Fault, OllamaServer
+from tests.servers.widget_replies import teacher_reply
 
 CONTEXT = {"alerts_open": True, "page": "ops", "screen": "desktop"}
 TASK = Task.of("plot error rate trend this week", json.dumps(CONTEXT))
@@ -171,3 +172,20 @@ def test_rate_limit_on_tokens_charges_the_real_usage():
     # the last call, whose debt nobody waits for).
     last = answers[-1].input_tokens + answers[-1].output_tokens
     assert elapsed >= (spent - last - 100) / 100 * 0.95
+
+
+def test_an_openai_compatible_server_can_be_the_teacher():
+    # Ollama's own /v1 endpoint, answering as a competent teacher would.
+    with OllamaServer(reply=lambda prompt, body: teacher_reply(prompt)[1],
+                      faults=[Fault(429, retry_after=0.3)]) as server:
+        settings = CaptureSettings(teacher_provider="openai", teacher_model="qwen3:32b",
+                                   openai_base_url=f"{server.url}/v1")
+        teacher = build_teacher(settings)
+        answer = ask(teacher)
+        requests, arrivals = server.requests, server.arrivals
+    assert teacher.name == "openai" and teacher.model == "qwen3:32b"
+    assert json.loads(answer.text) == reference_answer(TASK.query, CONTEXT)
+    assert answer.input_tokens > 0 and answer.output_tokens > 0
+    assert [r["_path"] for r in requests] == ["/v1/chat/completions"] * 2
+    assert requests[-1]["response_format"] == {"type": "json_object"}
+    assert arrivals[1] - arrivals[0] >= 0.3  # the 429's retry-after, honoured by the SDK

@@ -5,7 +5,9 @@ Non-streaming ``POST /api/chat`` and ``POST /api/generate`` answer as Ollama doe
 ``format`` (``"json"`` or a JSON Schema) is logged and honoured by the default reply, which is
 JSON anyway. ``think`` adds a ``thinking`` field. Model management, for the deploy stage:
 ``GET /api/tags``, ``POST /api/create`` (records the model, answers ``success``),
-``POST /api/show``, ``DELETE /api/delete``, ``GET /api/version``.
+``POST /api/show``, ``DELETE /api/delete``, ``GET /api/version``. Like the real Ollama, it also
+speaks OpenAI's chat completions at ``POST /v1/chat/completions`` (``reasoning`` carries the
+thinking when ``think`` or ``reasoning_effort`` is asked for; errors in OpenAI's shape).
 
 Usage::
 
@@ -76,6 +78,7 @@ class OllamaServer(ServerThread):
         app.router.add_post("/api/show", self._show)
         app.router.add_delete("/api/delete", self._delete)
         app.router.add_get("/api/version", self._version)
+        app.router.add_post("/v1/chat/completions", self._openai_chat)
         return app
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
@@ -85,6 +88,33 @@ class OllamaServer(ServerThread):
             body = {}
         self.record({**body, "_path": request.path})
         return body
+
+    async def _openai_chat(self, request: web.Request) -> web.Response:
+        body = await self._body(request)
+        messages = body.get("messages") or [{}]
+        prompt = str(messages[-1].get("content", ""))
+        if body.get("reasoning_effort"):
+            body["think"] = True
+        answer = await self._answer(body, prompt)
+        if isinstance(answer, web.Response):
+            message = json.loads(answer.body)["error"]
+            headers = {k: v for k, v in answer.headers.items() if k.lower() == "retry-after"}
+            error = {"error": {"message": message, "type": "server_error", "code": None}}
+            return web.json_response(error, status=answer.status, headers=headers)
+        thinking, text = answer
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if thinking:
+            message["reasoning"] = thinking
+        prompt_tokens, completion_tokens = rough_tokens(prompt), rough_tokens(text + thinking)
+        return web.json_response({
+            "id": f"chatcmpl-{int(time.time() * 1000)}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": body.get("model", ""),
+            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                      "total_tokens": prompt_tokens + completion_tokens},
+        })
 
     async def _answer(self, body: dict[str, Any], prompt: str) -> tuple[str, str] | web.Response:
         """(thinking, text) for a chat or generate request, or the error to answer with."""
@@ -96,7 +126,10 @@ class OllamaServer(ServerThread):
         body["_waited_s"] = time.perf_counter() - started
         fault = self.faults.take(prompt)
         if fault is not None and not fault.malformed:
-            return _error(fault.status, f"injected {fault.status}")
+            response = _error(fault.status, f"injected {fault.status}")
+            if fault.retry_after is not None:
+                response.headers["retry-after"] = f"{fault.retry_after:g}"
+            return response
         text = MALFORMED_ANSWER if fault is not None else self.reply(prompt, body)
         thinking = teacher_reply(prompt)[0] if body.get("think") else ""
         return thinking, text
