@@ -30,9 +30,16 @@ Split = Literal["train", "eval"]
 MANIFEST_VERSION = 1
 
 
+# The sampler's random draw hashes the bare query_id (``tier3.streams.sampling``). Hashing it the
+# same way here would put most randomly sampled queries in the held-out split and none of the
+# rest, so the split hashes the id under its own salt: the two draws are independent.
+SPLIT_SALT = b"tier3-eval-split:"
+
+
 def split_of(query_id: str, eval_share: float) -> Split:
     """The split a query belongs to: the same answer for the same id, on any machine."""
-    bucket = int.from_bytes(hashlib.sha256(query_id.encode()).digest()[:8], "big") / 2**64
+    digest = hashlib.sha256(SPLIT_SALT + query_id.encode()).digest()
+    bucket = int.from_bytes(digest[:8], "big") / 2**64
     return "eval" if bucket < eval_share else "train"
 
 
@@ -108,7 +115,7 @@ def build_dataset(
         "model": request["model"],
         "base_model": base_model,
         "eval_share": eval_share,
-        "split_rule": "sha256(query_id)[:8] / 2**64 < eval_share → eval",
+        "split_rule": "sha256('tier3-eval-split:' + query_id)[:8] / 2**64 < eval_share → eval",
         "requested": len(set(request["query_ids"])),
         "train_examples": len(built.train),
         "eval_examples": len(built.eval),
