@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """GPU benchmark of the trainer: tier3's SFT configuration against stock TRL defaults.
 
-Both runs train the same LoRA adapter (tier3's ``lora_config``: r=16 on every linear layer) on
+Both runs train the same LoRA adapter shape (tier3's ``lora_config``: r=16 on every linear layer) on
 the same synthetic traces, for the same number of steps, at sequence length 2048, on a
 Llama-3.2-1B-shaped model with random weights (hidden 2048, 16 layers, 32 heads, 8 kv heads,
 intermediate 8192, vocab 128256, tied embeddings), each in its own process:
@@ -9,7 +9,8 @@ intermediate 8192, vocab 128256, tied embeddings), each in its own process:
 - ``stock``: ``SFTTrainer(model=<path>, args=SFTConfig(max_length=2048), peft_config=...)``,
   everything else TRL's defaults (fp32 weights loaded by TRL, bf16 autocast, gradient
   checkpointing on, batch 8 padded to its longest example, no packing);
-- ``tier3``: tier3's own ``load_base`` + ``sft_config`` + ``lora_config`` (bf16 weights,
+- ``tier3``: tier3's own ``load_base`` + ``sft_config`` + ``lora_config`` (bf16 weights, no
+  LoRA dropout,
   padding-free BFD packing with sdpa, no gradient checkpointing, fused AdamW, 4 sequences of
   2048 tokens per step).
 
