@@ -152,7 +152,10 @@ def train(
     resume_from: Path | None = None,
     merge: bool | None = None,
 ) -> SFTOutcome:
-    """Fine-tune the base on ``built``; return the adapter (and merged weights) saved locally."""
+    """Fine-tune the base on ``built``; return the adapter (and merged weights) saved locally.
+
+    ``merge`` overrides ``config.merge_weights`` for one call.
+    """
     import torch
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
@@ -164,13 +167,15 @@ def train(
     if artifacts is not None:
         callbacks.append(CheckpointUploader(artifacts))
     train_set = Dataset.from_list([{"messages": e["messages"]} for e in built.train])
-    eval_set = Dataset.from_list([{"messages": e["messages"]} for e in built.eval]) or None
+    eval_set = (
+        Dataset.from_list([{"messages": e["messages"]} for e in built.eval]) if built.eval else None
+    )
     try:
         trainer = SFTTrainer(
             model=model,
             args=sft_config(config, output_dir, device),
             train_dataset=train_set,
-            eval_dataset=eval_set if built.eval else None,
+            eval_dataset=eval_set,
             processing_class=tokenizer,
             peft_config=lora_config(config),
             callbacks=callbacks,
