@@ -58,6 +58,7 @@ from tier3.streams.widgets import parse_answer
 log = structlog.get_logger("tier3.capture")
 
 _IDLE_SLEEP_S = 0.01
+_PROGRESS_EVERY_S = 30.0
 
 
 class CaptureConsumer:
@@ -117,16 +118,28 @@ class CaptureConsumer:
                  teacher_model=self.teacher.model, student=self.student.name,
                  student_model=self.student.model, store=self.store.root)
         next_commit = time.monotonic() + self.settings.commit_interval_s
+        progress = (time.monotonic(), 0)
         try:
             while not stop.is_set():
                 taken = self._take_jobs()
-                if time.monotonic() >= next_commit:
+                now = time.monotonic()
+                if now >= next_commit:
                     self._commit(asynchronous=True)
-                    next_commit = time.monotonic() + self.settings.commit_interval_s
+                    next_commit = now + self.settings.commit_interval_s
+                if now - progress[0] >= _PROGRESS_EVERY_S:
+                    progress = self._log_progress(progress)
                 # Yield to the jobs; sleep a little when there was nothing to take.
                 await asyncio.sleep(0 if taken else _IDLE_SLEEP_S)
         finally:
             await self._shut_down()
+
+    def _log_progress(self, since: tuple[float, int]) -> tuple[float, int]:
+        """A progress line for operators without Prometheus; returns the new reference point."""
+        now, finished = time.monotonic(), self.traced + self.dead_lettered
+        rate = (finished - since[1]) / (now - since[0])
+        log.info("capture progress", jobs_per_s=round(rate, 1), in_flight=len(self.tasks),
+                 waiting=len(self.waiting), traced=self.traced, dead_lettered=self.dead_lettered)
+        return now, finished
 
     def _take_jobs(self) -> int:
         """Start waiting jobs while there is room; fetch more; pause or resume the fetching."""
