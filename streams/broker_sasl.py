@@ -12,9 +12,11 @@ the broker runner itself stays one code path for plain and secured brokers:
   KRaft broker can know its inter-broker user before it is up. Users added later go through
   ``AdminClient.alter_user_scram_credentials``.
 
-TLS is not set up here: the listener is bound to 127.0.0.1 only. Deployments that leave the host
-use ``SASL_SSL`` (``TIER3_SECURITY_PROTOCOL=SASL_SSL`` and ``TIER3_SSL_CA_LOCATION`` on the
-clients), see docs/security.md.
+With ``tls``, a second client listener speaks ``SASL_SSL`` (TLS, then SCRAM) on its own port,
+with the server's key and certificate chain from one PEM file (Kafka's PEM key store, so no Java
+keystore tooling is needed). Clients then set ``TIER3_SECURITY_PROTOCOL=SASL_SSL`` and
+``TIER3_SSL_CA_LOCATION``. The plain SASL listener stays, on loopback, because the broker's
+readiness probe and its own inter-broker traffic use it.
 """
 
 from __future__ import annotations
@@ -40,24 +42,49 @@ class ScramUser:
         return f"ScramUser(name={self.name!r}, password='**********')"
 
 
+@dataclass(frozen=True)
+class TlsListener:
+    """A ``SASL_SSL`` listener: its port and the PEM file with the server's key and chain."""
+
+    port: int
+    keystore_pem: str
+
+
 def sasl_server_config(
-    port: int, controller_port: int, admin_password: str, users: list[ScramUser] | None = None
+    port: int,
+    controller_port: int,
+    admin_password: str,
+    users: list[ScramUser] | None = None,
+    tls: TlsListener | None = None,
 ) -> dict[str, str]:
-    """Extra server properties for ``LocalBroker(extra_config=...)``: a SCRAM client listener."""
+    """Extra server properties for ``LocalBroker(extra_config=...)``: a SCRAM client listener
+    (and, with ``tls``, a TLS one beside it)."""
     admin = ScramUser(ADMIN, admin_password)
     every_user = [admin, *(users or [])]
     jaas = (
         "org.apache.kafka.common.security.scram.ScramLoginModule required "
         f'username="{admin.name}" password="{admin.password}";'
     )
+    listeners = [f"SASL_PLAINTEXT://127.0.0.1:{port}"]
+    protocols = ["SASL_PLAINTEXT:SASL_PLAINTEXT", "CONTROLLER:PLAINTEXT"]
+    tls_config = {}
+    if tls is not None:
+        listeners.append(f"SASL_SSL://127.0.0.1:{tls.port}")
+        protocols.append("SASL_SSL:SASL_SSL")
+        tls_config = {
+            f"listener.name.sasl_ssl.{MECHANISM.lower()}.sasl.jaas.config": jaas,
+            "listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+            "listener.name.sasl_ssl.ssl.keystore.location": tls.keystore_pem,
+        }
     return {
-        "listeners": f"SASL_PLAINTEXT://127.0.0.1:{port},CONTROLLER://127.0.0.1:{controller_port}",
-        "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{port}",
-        "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT",
+        "listeners": ",".join([*listeners, f"CONTROLLER://127.0.0.1:{controller_port}"]),
+        "advertised.listeners": ",".join(listeners),
+        "listener.security.protocol.map": ",".join(protocols),
         "inter.broker.listener.name": "SASL_PLAINTEXT",
         "sasl.enabled.mechanisms": MECHANISM,
         "sasl.mechanism.inter.broker.protocol": MECHANISM,
         f"listener.name.sasl_plaintext.{MECHANISM.lower()}.sasl.jaas.config": jaas,
+        **tls_config,
         "super.users": f"User:{ADMIN}",
         # Read by LocalBroker: the users to create at format time, and how its probe logs in.
         "tier3.scram.users": ";".join(

@@ -1,6 +1,8 @@
 """A local broker of its own with SASL/SCRAM on, for the security tests (never the shared one).
 
-Started once per test session, on free ports and a temporary home, and stopped at the end.
+Started once per test session, on free ports and a temporary home, and stopped at the end. It
+has two client listeners: SASL_PLAINTEXT, and SASL_SSL with a certificate from a throwaway CA
+made here (the ``cryptography`` package), valid for 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tier3.streams.broker_sasl import ScramUser, sasl_server_config
+from tier3.streams.broker_sasl import ScramUser, TlsListener, sasl_server_config
 from tier3.streams.local_broker import LocalBroker
 from tier3.streams.settings import KafkaSettings
 
@@ -28,10 +30,64 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def make_certificates(folder: Path) -> tuple[Path, Path]:
+    """A CA and a server certificate for 127.0.0.1: (server key+chain PEM, CA PEM)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "tier3 test CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    server = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")]
+            ),
+            critical=False,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    pem = serialization.Encoding.PEM
+    keystore, ca_file = folder / "server.pem", folder / "ca.pem"
+    keystore.write_bytes(
+        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        + server.public_bytes(pem)
+        + ca.public_bytes(pem)
+    )
+    ca_file.write_bytes(ca.public_bytes(pem))
+    return keystore, ca_file
+
+
 @dataclass
 class SaslBroker:
     broker: LocalBroker
     client: ScramUser
+    tls_bootstrap: str
+    ca_file: Path
 
     def settings(self, **overrides: object) -> KafkaSettings:
         """Client settings that log in as the application user."""
@@ -55,17 +111,19 @@ def sasl_broker() -> Iterator[SaslBroker]:
         yield _STARTED[0]
         return
     home = Path(tempfile.mkdtemp(prefix="tier3-sasl-"))
-    port, controller = free_port(), free_port()
+    port, controller, tls_port = free_port(), free_port(), free_port()
+    keystore, ca_file = make_certificates(home)
+    tls = TlsListener(tls_port, str(keystore))
     broker = LocalBroker(
         home=home,
         port=port,
         controller_port=controller,
         heap="384m",
-        extra_config=sasl_server_config(port, controller, ADMIN_PASSWORD, [CLIENT]),
+        extra_config=sasl_server_config(port, controller, ADMIN_PASSWORD, [CLIENT], tls),
     )
-    broker.start(timeout=120)
-    _STARTED.append(SaslBroker(broker, CLIENT))
+    _STARTED.append(SaslBroker(broker, CLIENT, f"127.0.0.1:{tls_port}", ca_file))
     try:
+        broker.start(timeout=120)
         yield _STARTED[0]
     finally:
         broker.stop()

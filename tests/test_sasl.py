@@ -29,7 +29,7 @@ def _refused(config: dict) -> str:
     """The error a client gets; fails the test if the broker answers it."""
     admin = AdminClient({**config, "log_level": 0})
     with pytest.raises(KafkaException) as caught:
-        admin.list_topics(timeout=5)
+        admin.list_topics(timeout=3)
     return str(caught.value)
 
 
@@ -129,3 +129,26 @@ def test_broker_start_sasl_from_the_command_line(tmp_path: Path) -> None:
         _refused({"bootstrap.servers": f"127.0.0.1:{port}"})
     finally:
         subprocess.run([tier3, "broker", "stop"], env=env, capture_output=True, timeout=60)
+
+
+def test_sasl_over_tls_with_the_ca_from_a_file(sasl: SaslBroker) -> None:
+    settings = sasl.settings(
+        bootstrap_servers=sasl.tls_bootstrap,
+        security_protocol="SASL_SSL",
+        ssl_ca_location=str(sasl.ca_file),
+        topic_prefix=f"tls{time.time_ns()}.",
+        partitions=1,
+    )
+    create_topics(settings)
+    EventProducer(settings).send_and_wait(CAPTURE_JOBS, CAPTURE_JOB, "q-1", SAMPLES["CaptureJob"])
+    codec = codec_of(settings)
+    events = [codec.decode(m.value()) for m in read_to_end(settings, CAPTURE_JOBS, timeout=20)]
+    assert [e.name for e in events] == [CAPTURE_JOB]
+
+
+def test_tls_refuses_a_client_that_does_not_trust_the_broker(sasl: SaslBroker) -> None:
+    # Without the CA, the broker's certificate does not verify: no connection, no password sent.
+    untrusting = sasl.settings(bootstrap_servers=sasl.tls_bootstrap, security_protocol="SASL_SSL")
+    _refused(untrusting.client_config())
+    # And a plain SASL client cannot talk to the TLS port.
+    _refused(sasl.settings(bootstrap_servers=sasl.tls_bootstrap).client_config())
