@@ -230,6 +230,11 @@ class DeploymentWatcher:
         with self._lock:
             return self._current
 
+    @property
+    def caught_up(self) -> bool:
+        """Whether the history that existed at start has been read."""
+        return self._caught_up.is_set()
+
     def wait_caught_up(self, timeout: float = 30.0) -> bool:
         """Block until the history that existed at start has been read."""
         return self._caught_up.wait(timeout)
@@ -333,6 +338,8 @@ class Router:
         """The student that serves now: None when the student is off or rolled back."""
         if not self.settings.use_finetuned_model:
             return None
+        if self.deployments is not None and not self.deployments.caught_up:
+            return None  # until the history is read, a rolled-back model must not serve
         if self.deployments is not None and self.deployments.seen_any:
             current = self.deployments.current()
             return current.ollama_name if current and current.ollama_name else None
