@@ -337,9 +337,12 @@ class Replayer:
         return found
 
     def _send(self, report: ReplayReport, jobs: list[tuple[int, dict[str, Any]]]) -> None:
-        if self.target is not self.settings:
-            create_topics(self.target)
         target = report.target
+        if self.target is not self.settings:
+            try:
+                offsets.partitions_of(self.admin, target)  # one topic's metadata: cheap
+            except LookupError:
+                create_topics(self.target)
         same_layout = len(offsets.partitions_of(self.admin, target)) == len(
             offsets.partitions_of(self.admin, report.source)
         )

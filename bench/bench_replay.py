@@ -1,0 +1,108 @@
+"""Benchmark: how fast ``tier3 replay`` goes through a window of history.
+
+There is no budget for replay in the design; this measures what an operator can expect and
+where the time goes. Experiences are published once (simulated traffic), then, in the same run
+against the same broker:
+
+  * baseline: read the window and nothing else (``offsets.read_ranges``, an assigned consumer);
+  * resample, dry run: read + decode + join feedback + ``sampling.decide``;
+  * resample, --execute: the same, and produce the chosen capture jobs (acks=all) to a target
+    prefix, as ``tier3 replay resample --execute --target-prefix`` does;
+  * recapture, --execute: read the capture jobs just made and send them again.
+
+Rates are experiences (or jobs) read per second of wall time; ratios are against the baseline.
+
+Usage (from the repository root; a broker must run, e.g. the test broker on 19092):
+    python bench/bench_replay.py --events 20000 [--bootstrap 127.0.0.1:19092]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import time
+import uuid
+
+from tier3.streams import offsets
+from tier3.streams.offsets import Range, read_ranges
+from tier3.streams.publisher import Publisher
+from tier3.streams.replay import Replayer, Window
+from tier3.streams.sampling import Policy
+from tier3.streams.settings import KafkaSettings
+from tier3.streams.simulate import run_simulation
+from tier3.streams.topics import EXPERIENCES, admin_client, create_topics
+
+
+def timed(label: str, action, count_of) -> tuple[str, float, int]:
+    start = time.perf_counter()
+    result = action()
+    seconds = time.perf_counter() - start
+    return label, seconds, count_of(result)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--bootstrap", default="127.0.0.1:19092")
+    parser.add_argument("--partitions", type=int, default=6)
+    args = parser.parse_args()
+
+    prefix = f"bench-replay-{uuid.uuid4().hex[:8]}."
+    settings = KafkaSettings(
+        bootstrap_servers=args.bootstrap, topic_prefix=prefix, partitions=args.partitions
+    )
+    create_topics(settings)
+    publisher = Publisher(settings, enabled=True)
+    run_simulation(publisher, args.events, seed=1)
+    assert publisher.close(60) == 0
+
+    admin = admin_client(settings)
+    full = settings.topic(EXPERIENCES)
+    marks = offsets.watermarks(admin, offsets.partitions_of(admin, full))
+    window = [Range(t, p, low, high) for (t, p), (low, high) in marks.items()]
+    policy = Policy(random_rate=0.3, high_confidence=0.9)
+    target = f"{prefix}target."
+
+    rows = [
+        timed(
+            "baseline: read the window",
+            lambda: sum(1 for _ in read_ranges(settings, window)),
+            lambda n: n,
+        ),
+        timed(
+            "resample, dry run",
+            lambda: Replayer(settings).resample(Window(), policy),
+            lambda r: r.read,
+        ),
+        timed(
+            "resample, --execute (to a target prefix)",
+            lambda: Replayer(settings, target_prefix=target).resample(
+                Window(), policy, execute=True
+            ),
+            lambda r: r.read,
+        ),
+    ]
+    target_settings = settings.model_copy(update={"topic_prefix": target})
+    rows.append(
+        timed(
+            "recapture, --execute (the jobs just made)",
+            lambda: Replayer(target_settings).recapture(Window(), execute=True),
+            lambda r: r.read,
+        )
+    )
+
+    base_rate = rows[0][2] / rows[0][1]
+    print(
+        f"machine: {platform.node()} ({os.cpu_count()} CPUs), {args.events} experiences, "
+        f"{args.partitions} partitions"
+    )
+    print("| run | messages read | seconds | messages/s | vs baseline |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, seconds, count in rows:
+        rate = count / seconds
+        print(f"| {label} | {count} | {seconds:.2f} | {rate:,.0f} | {rate / base_rate:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
