@@ -7,6 +7,7 @@ Hypothesis deadlines turn a hang or a pathological slowdown into a failure.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,49 @@ def test_the_capture_consumer_dead_letters_garbage_and_goes_on(
         letter = dead[f"garbage-{i}"]
         assert letter.value == payload  # the original bytes, kept for an operator
         assert letter.headers[HEADER_REASON] and letter.headers[HEADER_STAGE]
+
+
+@pytest.mark.slow
+@settings(
+    max_examples=2,
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(st.lists(garbage, min_size=2, max_size=6))
+def test_the_trainer_dead_letters_garbage_requests_and_goes_on(
+    broker, tmp_path: Path, payloads: list[bytes]
+) -> None:
+    import threading
+
+    from tier3.streams.settings import LocalSettings
+    from tier3.streams.topics import TRAINING_REQUESTS
+    from tier3.trainers.trainer_consumer import TrainerConsumer
+    from tier3.trainers.training_run import TrainingRun
+
+    from tests.trainer_harness import tiny_config
+
+    kafka: KafkaSettings = fresh_settings(broker)
+    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+    for i, payload in enumerate(payloads):
+        producer.produce(kafka.topic(TRAINING_REQUESTS), payload, f"garbage-{i}".encode())
+    assert producer.flush(10) == 0
+    local = LocalSettings(home=tmp_path / kafka.topic_prefix)
+    run = TrainingRun(kafka, local, tiny_config(tmp_path / "no-model", tmp_path / "work"))
+    worker = TrainerConsumer(kafka, run, group=f"{kafka.topic_prefix}trainer")
+    stop = threading.Event()
+    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+    thread.start()
+    dlq = TRAINING_REQUESTS + DLQ_SUFFIX
+    try:
+        deadline = time.monotonic() + 60
+        while len(read_all(kafka, dlq)) < len(payloads) and time.monotonic() < deadline:
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()  # it stopped when asked: no crash, no hang
+    letters = {r.key: r for r in read_all(kafka, dlq)}
+    assert set(letters) == {f"garbage-{i}" for i in range(len(payloads))}
+    assert all(letters[f"garbage-{i}"].value == p for i, p in enumerate(payloads))
+    assert worker.outcomes == []  # nothing was mistaken for a request
