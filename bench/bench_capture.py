@@ -37,7 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tier3.schemas.registry import CAPTURE_JOB
 from tier3.streams.events import EventProducer
 from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import CAPTURE_JOBS, create_topics
+from tier3.streams.topics import CAPTURE_JOBS, admin_client, create_topics, expected_topics
 from tier3.streams.widgets import random_query
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -74,6 +74,17 @@ def publish(settings: KafkaSettings, n: int) -> None:
         }
         producer.send(CAPTURE_JOBS, CAPTURE_JOB, job["query_id"], job)
     assert producer.flush(60) == 0
+
+
+def delete_topics(settings: KafkaSettings) -> None:
+    """Leave the (often shared) broker as it was: every topic of the run goes."""
+    admin = admin_client(settings)
+    names = [settings.topic(spec.name) for spec in expected_topics(settings)]
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        try:
+            future.result()
+        except Exception as exc:  # a leftover topic is untidy, not a wrong result
+            print(f"could not delete a benchmark topic: {exc}", file=sys.stderr)
 
 
 def scrape(port: int) -> dict[str, float]:
@@ -138,6 +149,7 @@ def run(bootstrap: str, jobs: int, concurrency: int, teacher: str, student: str)
     finally:
         proc.terminate()
         proc.wait(60)
+        delete_topics(settings)
     lo = next(s for s in samples if s[1] >= jobs * 0.1)
     hi = next(s for s in samples if s[1] >= jobs * 0.9)
     steady = [s[2] for s in samples if lo[0] <= s[0] <= hi[0]]
@@ -157,6 +169,8 @@ def run(bootstrap: str, jobs: int, concurrency: int, teacher: str, student: str)
         "job_time_s": in_flight_median / rate,
         "rss_peak_mib": rss_peak / 2**20,
         "cpu_percent_of_one_core": 100 * cpu_seconds / wall if wall else 0,
+        # What a trace costs the process in CPU: its capacity when it is not starved of CPU.
+        "cpu_ms_per_trace": 1000 * cpu_seconds / samples[-1][1] if samples[-1][1] else 0,
     }
 
 
@@ -181,6 +195,7 @@ def main() -> None:
             p.wait(10)
     print(json.dumps({
         "machine": f"{platform.node()} {platform.machine()} {os.cpu_count()} cores",
+        "load_average_1m_at_end": os.getloadavg()[0],
         "teacher_delay_s": args.teacher_delay, "student_delay_s": args.student_delay,
         "baseline": baseline, "capture": capture,
         "speedup_vs_baseline": capture["traces_per_s"] / baseline["traces_per_s"],
