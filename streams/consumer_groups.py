@@ -330,21 +330,26 @@ class ConsumerGroups:
         path.write_text(json.dumps(document, indent=2) + "\n")
         return path
 
-    def execute(self, plan: ResetPlan, backup_dir: Path) -> ResetPlan:
-        """Apply a plan: refuse if the group is active, back up the old offsets, then alter."""
-        description = self._describe([plan.group])[plan.group]
-        state = _state_name(description.state)
+    def _refuse_if_active(self, group: str, action: str) -> None:
+        description = self._describe([group])[group]
         if description.members or description.state not in _INACTIVE:
             raise GroupError(
-                f"group {plan.group!r} has {len(description.members)} active member(s) "
-                f"(state {state}); offsets can only be reset while the group is inactive: "
-                "stop its consumers first"
+                f"group {group!r} has {len(description.members)} active member(s) "
+                f"(state {_state_name(description.state)}); it can only be {action} while "
+                "inactive: stop its consumers first"
             )
+
+    def _backup(self, group: str, backup_dir: Path) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in group)
+        return self.export(group, backup_dir / f"{safe}-{stamp}-{time.time_ns()}.json")
+
+    def execute(self, plan: ResetPlan, backup_dir: Path) -> ResetPlan:
+        """Apply a plan: refuse if the group is active, back up the old offsets, then alter."""
+        self._refuse_if_active(plan.group, "reset")
         if not plan.moves:
             raise GroupError("the plan moves no offsets")
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in plan.group)
-        plan.backup = self.export(plan.group, backup_dir / f"{safe}-{stamp}-{time.time_ns()}.json")
+        plan.backup = self._backup(plan.group, backup_dir)
         request = ConsumerGroupTopicPartitions(
             plan.group, [TopicPartition(m.topic, m.partition, m.target) for m in plan.moves]
         )
@@ -357,3 +362,15 @@ class ConsumerGroups:
             )
         plan.executed = True
         return plan
+
+    def delete(self, group: str, backup_dir: Path) -> Path:
+        """Delete an inactive group (its committed offsets go with it), after backing them up.
+
+        ``reset GROUP --from-file <backup> --execute`` brings the offsets back: committing
+        offsets for a group id creates the group.
+        """
+        self._refuse_if_active(group, "deleted")
+        backup = self._backup(group, backup_dir)
+        futures = self.admin.delete_consumer_groups([group], request_timeout=_TIMEOUT)
+        _result(futures[group], f"deleting group {group!r}")
+        return backup

@@ -253,6 +253,35 @@ def groups_reset(
         out.print("dry run: nothing changed; add --execute to apply")
 
 
+@groups_app.command("delete")
+def groups_delete(
+    group: Annotated[str, typer.Argument(help="The consumer group id.")],
+    execute: Annotated[
+        bool, typer.Option("--execute", help="Delete it (default: dry run, show its offsets).")
+    ] = False,
+    backup_dir: Annotated[
+        Path | None,
+        typer.Option(
+            help="Where its offsets are saved first (default: $TIER3_HOME/offset-backups)."
+        ),
+    ] = None,
+) -> None:
+    """Delete an inactive group and its offsets (saved first; reset --from-file restores them).
+    Refused while the group has members."""
+    with _group_errors():
+        groups = _groups()
+        committed = groups.committed(group)
+        if not execute:
+            out.print(
+                f"group {group} has {len(committed)} committed offset(s); "
+                "dry run: nothing deleted; add --execute to delete it"
+            )
+            return
+        backup = groups.delete(group, backup_dir or LocalSettings().home / "offset-backups")
+    out.print(f"group {group} deleted; its offsets were saved to {backup}")
+    out.print(f"undo: tier3 groups reset {group} --from-file {backup} --execute")
+
+
 # -- replay -------------------------------------------------------------------------------------
 
 replay_app = typer.Typer(

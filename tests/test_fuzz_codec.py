@@ -24,6 +24,7 @@ from tier3.streams.topics import CAPTURE_JOBS, DLQ_SUFFIX
 
 from tests.capture_harness import build_worker, make_job, publish_jobs, run_until
 from tests.conftest import fresh_settings
+from tests.disposable_topics import delete_prefix
 from tests.kafka_reading import read_all
 from tests.samples import SAMPLES
 
@@ -166,43 +167,52 @@ def test_the_capture_consumer_dead_letters_garbage_and_goes_on(
     broker, tmp_path: Path, payloads: list[bytes]
 ) -> None:
     kafka: KafkaSettings = fresh_settings(broker)
-    payloads = [p for p in payloads if isinstance(decode_or_error(p, "CaptureJob"), DecodeError)]
-    jobs = [make_job(seed) for seed in range(3)]
-    publish_jobs(kafka, jobs[:1])
-    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
-    for i, payload in enumerate(payloads):
-        producer.produce(kafka.topic(CAPTURE_JOBS), payload, f"garbage-{i}".encode(), partition=0)
-    assert producer.flush(10) == 0
-    publish_jobs(kafka, jobs[1:])
-
-    capture = CaptureSettings(
-        teacher_provider="offline",
-        student_provider="offline",
-        group=f"{kafka.topic_prefix}capture",
-        commit_interval_s=0.2,
-    )
-    worker = build_worker(kafka, capture, (tmp_path / f"o-{kafka.topic_prefix}").as_uri())
-
-    def letters() -> list[DeadLetter]:
-        return [
-            DeadLetter(
-                r.key.encode() if r.key else None,
-                r.value,
-                {k: v.decode() for k, v in r.headers.items()},
-            )
-            for r in read_all(kafka, CAPTURE_JOBS + DLQ_SUFFIX)
+    try:
+        payloads = [
+            p for p in payloads if isinstance(decode_or_error(p, "CaptureJob"), DecodeError)
         ]
+        jobs = [make_job(seed) for seed in range(3)]
+        publish_jobs(kafka, jobs[:1])
+        producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+        for i, payload in enumerate(payloads):
+            producer.produce(
+                kafka.topic(CAPTURE_JOBS), payload, f"garbage-{i}".encode(), partition=0
+            )
+        assert producer.flush(10) == 0
+        publish_jobs(kafka, jobs[1:])
 
-    run_until(
-        worker, lambda: worker.traced == len(jobs) and len(letters()) == len(payloads), timeout=60
-    )
-    assert worker.traced == len(jobs)  # the good jobs around the garbage all got their trace
-    dead = {d.key.decode(): d for d in letters()}
-    assert set(dead) == {f"garbage-{i}" for i in range(len(payloads))}
-    for i, payload in enumerate(payloads):
-        letter = dead[f"garbage-{i}"]
-        assert letter.value == payload  # the original bytes, kept for an operator
-        assert letter.headers[HEADER_REASON] and letter.headers[HEADER_STAGE]
+        capture = CaptureSettings(
+            teacher_provider="offline",
+            student_provider="offline",
+            group=f"{kafka.topic_prefix}capture",
+            commit_interval_s=0.2,
+        )
+        worker = build_worker(kafka, capture, (tmp_path / f"o-{kafka.topic_prefix}").as_uri())
+
+        def letters() -> list[DeadLetter]:
+            return [
+                DeadLetter(
+                    r.key.encode() if r.key else None,
+                    r.value,
+                    {k: v.decode() for k, v in r.headers.items()},
+                )
+                for r in read_all(kafka, CAPTURE_JOBS + DLQ_SUFFIX)
+            ]
+
+        run_until(
+            worker,
+            lambda: worker.traced == len(jobs) and len(letters()) == len(payloads),
+            timeout=60,
+        )
+        assert worker.traced == len(jobs)  # the good jobs around the garbage all got their trace
+        dead = {d.key.decode(): d for d in letters()}
+        assert set(dead) == {f"garbage-{i}" for i in range(len(payloads))}
+        for i, payload in enumerate(payloads):
+            letter = dead[f"garbage-{i}"]
+            assert letter.value == payload  # the original bytes, kept for an operator
+            assert letter.headers[HEADER_REASON] and letter.headers[HEADER_STAGE]
+    finally:
+        delete_prefix(kafka)
 
 
 @pytest.mark.slow
@@ -226,26 +236,29 @@ def test_the_trainer_dead_letters_garbage_requests_and_goes_on(
     from tests.trainer_harness import tiny_config
 
     kafka: KafkaSettings = fresh_settings(broker)
-    producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
-    for i, payload in enumerate(payloads):
-        producer.produce(kafka.topic(TRAINING_REQUESTS), payload, f"garbage-{i}".encode())
-    assert producer.flush(10) == 0
-    local = LocalSettings(home=tmp_path / kafka.topic_prefix)
-    run = TrainingRun(kafka, local, tiny_config(tmp_path / "no-model", tmp_path / "work"))
-    worker = TrainerConsumer(kafka, run, group=f"{kafka.topic_prefix}trainer")
-    stop = threading.Event()
-    thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
-    thread.start()
-    dlq = TRAINING_REQUESTS + DLQ_SUFFIX
     try:
-        deadline = time.monotonic() + 60
-        while len(read_all(kafka, dlq)) < len(payloads) and time.monotonic() < deadline:
-            time.sleep(0.3)
+        producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
+        for i, payload in enumerate(payloads):
+            producer.produce(kafka.topic(TRAINING_REQUESTS), payload, f"garbage-{i}".encode())
+        assert producer.flush(10) == 0
+        local = LocalSettings(home=tmp_path / kafka.topic_prefix)
+        run = TrainingRun(kafka, local, tiny_config(tmp_path / "no-model", tmp_path / "work"))
+        worker = TrainerConsumer(kafka, run, group=f"{kafka.topic_prefix}trainer")
+        stop = threading.Event()
+        thread = threading.Thread(target=worker.run, args=(stop,), daemon=True)
+        thread.start()
+        dlq = TRAINING_REQUESTS + DLQ_SUFFIX
+        try:
+            deadline = time.monotonic() + 60
+            while len(read_all(kafka, dlq)) < len(payloads) and time.monotonic() < deadline:
+                time.sleep(0.3)
+        finally:
+            stop.set()
+            thread.join(30)
+        assert not thread.is_alive()  # it stopped when asked: no crash, no hang
+        letters = {r.key: r for r in read_all(kafka, dlq)}
+        assert set(letters) == {f"garbage-{i}" for i in range(len(payloads))}
+        assert all(letters[f"garbage-{i}"].value == p for i, p in enumerate(payloads))
+        assert worker.outcomes == []  # nothing was mistaken for a request
     finally:
-        stop.set()
-        thread.join(30)
-    assert not thread.is_alive()  # it stopped when asked: no crash, no hang
-    letters = {r.key: r for r in read_all(kafka, dlq)}
-    assert set(letters) == {f"garbage-{i}" for i in range(len(payloads))}
-    assert all(letters[f"garbage-{i}"].value == p for i, p in enumerate(payloads))
-    assert worker.outcomes == []  # nothing was mistaken for a request
+        delete_prefix(kafka)

@@ -20,6 +20,8 @@ from tier3.streams.local_broker import LocalBroker
 from tier3.streams.settings import KafkaSettings
 from tier3.streams.topics import CAPTURE_JOBS
 
+from tests.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
+
 PER_PARTITION = 10
 
 
@@ -270,3 +272,32 @@ def test_committed_offsets_match_the_consumer_view(consumed: tuple[KafkaSettings
     finally:
         c.close()
     assert ConsumerGroups(settings).committed(group) == from_consumer
+
+
+def test_delete_is_refused_while_active_and_undoable_when_done(
+    consumed: tuple[KafkaSettings, str], tmp_path: Path
+) -> None:
+    settings, group = consumed
+    groups = ConsumerGroups(settings)
+    before = groups.committed(group)
+    member = consumer(settings, group)
+    member.subscribe([settings.topic(CAPTURE_JOBS)])
+    try:
+        deadline = time.monotonic() + 20
+        while not member.assignment() and time.monotonic() < deadline:
+            member.poll(0.2)
+        with pytest.raises(GroupError, match="active member"):
+            groups.delete(group, tmp_path)
+    finally:
+        member.close()
+    assert groups.committed(group) == before
+
+    dry = _tier3(settings, "groups", "delete", group)
+    assert dry.returncode == 0 and "dry run" in dry.stdout
+    assert group in {g.group for g in groups.list()}
+
+    backup = groups.delete(group, tmp_path)
+    assert groups.committed(group) == {}
+    assert group not in {g.group for g in groups.list()}
+    groups.execute(groups.plan_from_file(group, backup), tmp_path)
+    assert groups.committed(group) == before

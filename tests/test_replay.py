@@ -29,6 +29,7 @@ from tier3.streams.settings import KafkaSettings
 from tier3.streams.simulate import simulate
 from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES
 
+from tests.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
 from tests.kafka_reading import read_all, read_events
 
 # Half at random, nothing for confidence: a policy unlike the default, so the replay is a change.

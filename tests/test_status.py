@@ -25,6 +25,8 @@ from tier3.streams.settings import KafkaSettings
 from tier3.streams.status import collect
 from tier3.streams.topics import TRACES, TRAINING_REQUESTS, TRAINING_RESULTS
 
+from tests.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
+
 
 def trace(query_id: str) -> dict:
     return {

@@ -20,6 +20,7 @@ from tier3.trainers.dataset import build_dataset
 from tier3.trainers.traces_source import read_traces
 
 from tests.capture_harness import build_worker, latest_traces, make_job, publish_jobs, run_until
+from tests.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
 from tests.kafka_reading import read_all
 
 
