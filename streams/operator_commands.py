@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 from tier3.streams.settings import KafkaSettings, LocalSettings
 from tier3.streams.topics import CAPTURE_JOBS as CAPTURE_JOBS_TOPIC
+from tier3.streams.topics import DLQ_SUFFIX
 from tier3.streams.topics import EXPERIENCES as EXPERIENCES_TOPIC
 
 console = Console(stderr=True)
@@ -468,6 +469,48 @@ def replay_recapture(
         as_json,
         include_deleted,
         lambda r, progress: r.recapture(window, execute=execute, progress=progress),
+    )
+
+
+@replay_app.command("dead-letters")
+def replay_dead_letters(
+    topic: Annotated[
+        str, typer.Argument(help="The topic whose dead letters go back, e.g. capture-jobs.")
+    ],
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    from_offset: FromOffsetOpt = None,
+    to_offset: ToOffsetOpt = None,
+    partition: PartitionOpt = None,
+    include_undecodable: Annotated[
+        bool,
+        typer.Option(
+            "--include-undecodable",
+            help="Also send back letters that still do not decode (default: leave them).",
+        ),
+    ] = False,
+    target_prefix: TargetOpt = None,
+    execute: ExecuteOpt = False,
+    rate: RateOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Send a topic's dead letters back to it (original key and bytes), once their cause is
+    fixed; by default only those that now decode as the topic's event."""
+    window = _window(since, until, from_offset, to_offset, partition)
+    _run_replay(
+        topic + DLQ_SUFFIX,
+        window,
+        target_prefix,
+        rate,
+        as_json,
+        False,
+        lambda r, progress: r.dead_letters(
+            topic,
+            window,
+            execute=execute,
+            include_undecodable=include_undecodable,
+            progress=progress,
+        ),
     )
 
 

@@ -23,6 +23,10 @@ dataset the same size.
 **Deleted stays deleted.** A query whose trace was deleted (``tier3 traces delete``: a tombstone
 on ``traces``) is left out of every replay, so history cannot bring a forgotten query back.
 
+**Dead letters.** ``dead_letters`` sends a topic's dead letters back to it, bytes and key as they
+came, once their cause is fixed (a teacher outage that outlasted the retries, a schema the
+readers now know); by default only those that now decode go back.
+
 **Dry run first.** Without ``execute`` the window is read and decided, and the counts (read,
 chosen by reason, undecodable) are reported, but nothing is sent. A message that does not decode
 is counted and skipped: the live consumer already sent it to the dead-letter topic when it first
@@ -44,24 +48,55 @@ import structlog
 from confluent_kafka import KafkaError, Message
 from confluent_kafka.admin import AdminClient
 from tier3.schemas import DecodeError
-from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE, FEEDBACK
+from tier3.schemas.registry import (
+    CAPTURE_JOB,
+    EVAL_REPORT,
+    EXPERIENCE,
+    FEEDBACK,
+    MODEL_DEPLOYED,
+    TRACE,
+    TRAINING_COMPLETED,
+    TRAINING_FAILED,
+    TRAINING_REQUESTED,
+)
 from tier3.streams import offsets
+from tier3.streams.dead_letters import HEADER_TYPE, DeadLetter
 from tier3.streams.events import EventProducer, codec_of
 from tier3.streams.offsets import Range, read_ranges
 from tier3.streams.sampling import Policy, decide
 from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES, TRACES, admin_client, create_topics
+from tier3.streams.topics import (
+    CAPTURE_JOBS,
+    DLQ_SUFFIX,
+    EXPERIENCES,
+    TRACES,
+    TRAINING_REQUESTS,
+    TRAINING_RESULTS,
+    admin_client,
+    create_topics,
+)
 from tier3.streams.topics import FEEDBACK as FEEDBACK_TOPIC
 
 log = structlog.get_logger("tier3.replay")
 
 RESAMPLE = "resample"
 RECAPTURE = "recapture"
+DEAD_LETTERS = "dead-letters"
 REPLAY_REASON = "replay"
 HEADER_REPLAY_ID = "tier3.replay.id"
 HEADER_REPLAY_SOURCE = "tier3.replay.source"
 
 Progress = Callable[[int], None]
+
+# What each topic carries: a dead letter goes back only if it now decodes as one of these.
+_EVENTS_OF: dict[str, str | tuple[str, ...]] = {
+    EXPERIENCES: EXPERIENCE,
+    FEEDBACK_TOPIC: FEEDBACK,
+    CAPTURE_JOBS: CAPTURE_JOB,
+    TRACES: TRACE,
+    TRAINING_REQUESTS: TRAINING_REQUESTED,
+    TRAINING_RESULTS: (TRAINING_COMPLETED, TRAINING_FAILED, EVAL_REPORT, MODEL_DEPLOYED),
+}
 
 
 class ReplayError(RuntimeError):
@@ -336,16 +371,79 @@ class Replayer:
                 found.setdefault(record["query_id"], record)
         return found
 
+    def dead_letters(
+        self,
+        topic: str,
+        window: Window,
+        *,
+        execute: bool = False,
+        include_undecodable: bool = False,
+        progress: Progress | None = None,
+    ) -> ReplayReport:
+        """Send the dead letters of ``topic`` (a design name) back to it, bytes and key as they
+        came, once the cause is fixed. By default only those that now decode as the topic's
+        event go back: the others would only be dead-lettered again."""
+        expect = _EVENTS_OF.get(topic)
+        if expect is None:
+            raise ReplayError(
+                f"{topic!r} is not a tier3 topic with dead letters: one of {', '.join(_EVENTS_OF)}"
+            )
+        report = ReplayReport(
+            DEAD_LETTERS,
+            uuid.uuid4().hex[:12],
+            self.settings.topic(topic + DLQ_SUFFIX),
+            self.target.topic(topic),
+            resolve(self.admin, self.settings.topic(topic + DLQ_SUFFIX), window),
+        )
+        letters = []
+        for msg in read_ranges(self.settings, report.ranges):
+            report.read += 1
+            if progress is not None:
+                progress(1)
+            letter = DeadLetter.from_message(msg)
+            try:
+                self.codec.decode(letter.value, expect=expect)
+            except DecodeError:
+                report.undecodable += 1
+                if not include_undecodable:
+                    continue
+            report.chosen[letter.headers.get(HEADER_TYPE, "unknown")] += 1
+            letters.append((None, letter.key, letter.value))
+        if execute:
+            self._produce(report, letters)
+        return report
+
     def _send(self, report: ReplayReport, jobs: list[tuple[int, dict[str, Any]]]) -> None:
-        target = report.target
+        """Send capture jobs: keyed by query_id, in the source's partition when layouts match."""
+        same_layout = len(offsets.partitions_of(self.admin, report.source)) == len(
+            self._target_partitions(report.target)
+        )
+        self._produce(
+            report,
+            [
+                (
+                    partition if same_layout else None,
+                    job["query_id"].encode(),
+                    self.codec.encode(CAPTURE_JOB, job),
+                )
+                for partition, job in jobs
+            ],
+        )
+
+    def _target_partitions(self, target: str) -> list[offsets.Partition]:
         if self.target is not self.settings:
             try:
-                offsets.partitions_of(self.admin, target)  # one topic's metadata: cheap
+                return offsets.partitions_of(self.admin, target)  # one topic's metadata: cheap
             except LookupError:
                 create_topics(self.target)
-        same_layout = len(offsets.partitions_of(self.admin, target)) == len(
-            offsets.partitions_of(self.admin, report.source)
-        )
+        return offsets.partitions_of(self.admin, target)
+
+    def _produce(
+        self, report: ReplayReport, messages: list[tuple[int | None, bytes | None, bytes | None]]
+    ) -> None:
+        """Produce ``(partition or None, key, value)`` to the report's target; wait for acks."""
+        target = report.target
+        self._target_partitions(target)
         producer = EventProducer(self.target, codec=self.codec)
         failures: list[str] = []
 
@@ -358,20 +456,13 @@ class Replayer:
             (HEADER_REPLAY_ID, report.replay_id.encode()),
             (HEADER_REPLAY_SOURCE, report.source.encode()),
         ]
-        for partition, job in jobs:
+        for partition, key, value in messages:
             pacer.wait()
-            value = self.codec.encode(CAPTURE_JOB, job)
-            # The job goes where the live sampler puts it: the source's partition for the key.
-            extra = {"partition": partition} if same_layout else {}
+            extra = {"partition": partition} if partition is not None else {}
             while True:
                 try:
                     producer.raw.produce(
-                        target,
-                        value,
-                        job["query_id"].encode(),
-                        headers=headers,
-                        on_delivery=delivered,
-                        **extra,
+                        target, value, key, headers=headers, on_delivery=delivered, **extra
                     )
                     break
                 except BufferError:
@@ -379,7 +470,7 @@ class Replayer:
             producer.poll(0)
         remaining = producer.flush(60)
         report.failed = len(failures) + remaining
-        report.sent = len(jobs) - report.failed
+        report.sent = len(messages) - report.failed
         report.executed = True
         log.info(
             "replay sent",
@@ -391,6 +482,6 @@ class Replayer:
         )
         if report.failed:
             raise ReplayError(
-                f"{report.failed} of {len(jobs)} jobs not delivered ({failures[:1]}); "
+                f"{report.failed} of {len(messages)} messages not delivered ({failures[:1]}); "
                 "replaying the same window again is safe"
             )

@@ -259,3 +259,49 @@ def test_replaying_twice_through_the_capture_consumer_doubles_no_trace(
     assert {t["capture_reason"] for t in traces.values()} == {REPLAY_REASON}  # ... the replayed one
     assert sorted(TraceStore(root).query_ids()) == sorted(ids)  # one object per query
     assert len(read_all(kafka, "traces")) == 15  # 3 writes per query, compaction keeps the last
+
+
+def test_dead_letters_go_back_once_their_cause_is_fixed(kafka: KafkaSettings) -> None:
+    from confluent_kafka import Consumer, TopicPartition
+    from tier3.streams.dead_letters import send_dead_letter
+
+    [job_id] = _send_jobs(kafka, 1)
+    producer = EventProducer(kafka)
+    producer.raw.produce(kafka.topic(CAPTURE_JOBS), b"not avro", b"bad", partition=0)
+    producer.flush(10)
+    # Dead-letter both, as the capture consumer does: one for a teacher outage, one undecodable.
+    reader = Consumer(
+        {
+            "bootstrap.servers": kafka.bootstrap_servers,
+            "group.id": "dl-test",
+            "enable.auto.commit": False,
+            "log_level": 0,
+        }
+    )
+    reader.assign([TopicPartition(kafka.topic(CAPTURE_JOBS), p, 0) for p in range(3)])
+    originals = []
+    deadline = time.monotonic() + 20
+    while len(originals) < 2 and time.monotonic() < deadline:
+        msg = reader.poll(0.5)
+        if msg is not None and not msg.error():
+            originals.append(msg)
+    reader.close()
+    for msg in originals:
+        why = (
+            ("teacher unreachable", "APIConnectionError")
+            if msg.key() != b"bad"
+            else ("not avro", "DecodeError")
+        )
+        send_dead_letter(producer, msg, *why, stage="capture")
+    assert producer.flush(10) == 0
+
+    dry = Replayer(kafka).dead_letters(CAPTURE_JOBS, Window())
+    assert (dry.read, dry.undecodable, dict(dry.chosen)) == (2, 1, {"APIConnectionError": 1})
+    done = Replayer(kafka).dead_letters(CAPTURE_JOBS, Window(), execute=True)
+    assert done.sent == 1
+    back = [r for r in read_all(kafka, CAPTURE_JOBS) if HEADER_REPLAY_ID in r.headers]
+    assert [(r.key, r.value) for r in back] == [
+        (job_id, next(m.value() for m in originals if m.key() == job_id.encode()))
+    ]
+    with pytest.raises(ReplayError, match="not a tier3 topic"):
+        Replayer(kafka).dead_letters("nonsense", Window())
