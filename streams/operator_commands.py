@@ -549,7 +549,10 @@ def _render_status(s: Any) -> None:
     topics = Table("topic", "partitions", "messages", title="topics", title_justify="left")
     for t in s.topics:
         if t.exists:
-            topics.add_row(t.name, str(t.partitions), str(t.messages))
+            # Dead letters want an operator's eye: say so in colour.
+            alarm = t.name.endswith(DLQ_SUFFIX) and t.messages
+            count = f"[red]{t.messages}[/]" if alarm else str(t.messages)
+            topics.add_row(t.name, str(t.partitions), count)
         else:
             topics.add_row(t.name, "[red]missing[/]", "-")
     out.print(topics)
