@@ -8,6 +8,8 @@ dead-letter topic and the group's committed offsets.
 from __future__ import annotations
 
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -182,3 +184,39 @@ def test_an_unusable_query_id_is_dead_lettered(kafka, servers, store_root):
     assert [d.key for d in dead] == ["../../etc/passwd"]
     assert b"cannot be an object key" in dead[0].headers[HEADER_REASON]
     assert not teacher.requests  # rejected before any call was paid for
+
+
+def test_teacher_and_student_are_asked_at_the_same_time(kafka, store_root):
+    with AnthropicServer(delay_s=2.0) as teacher, OllamaServer() as student:
+        publish_jobs(kafka, [make_job(1)])
+        worker = build_worker(kafka, provider_settings(teacher.url, student.url), store_root)
+        run_until(worker, lambda: worker.traced >= 1)
+        # Asked one after the other, the student would come 2 s after the teacher.
+        assert abs(student.arrivals[0] - teacher.arrivals[0]) < 1.0
+
+
+@pytest.mark.slow
+def test_a_second_member_joining_mid_stream_loses_and_duplicates_nothing(kafka, store_root):
+    # One member alone needs ~9 s (120 jobs, 4 at a time, 0.3 s each); the second joins at ~1 s.
+    with AnthropicServer(delay_s=0.3) as teacher, OllamaServer() as student:
+        jobs = [make_job(i) for i in range(120)]
+        publish_jobs(kafka, jobs)
+        settings = provider_settings(teacher.url, student.url, concurrency=4)
+        first, second = (build_worker(kafka, settings, store_root) for _ in range(2))
+        store = TraceStore(store_root)
+        ids = {j["query_id"] for j in jobs}
+
+        def all_stored() -> bool:
+            return set(store.query_ids()) == ids
+
+        runner = threading.Thread(target=run_until, args=(first, all_stored))
+        runner.start()
+        while first.traced < 12:
+            time.sleep(0.05)
+        run_until(second, all_stored)  # joins: the group rebalances mid-stream
+        runner.join(60)
+
+    assert first.traced > 0 and second.traced > 0  # both did work
+    latest = latest_traces(kafka)
+    assert set(latest) == ids
+    assert committed(kafka, settings.group) == end_offsets(kafka)
