@@ -40,7 +40,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import structlog
-from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from tier3.consumers import metrics
 from tier3.consumers.object_store import TraceStore, UnsafeKeyError
 from tier3.consumers.offsets import OffsetBooks, PartitionBook
@@ -175,6 +175,15 @@ class CaptureConsumer:
         task = asyncio.get_running_loop().create_task(self._handle(msg, book))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._report_crash)
+
+    @staticmethod
+    def _report_crash(task: asyncio.Task[None]) -> None:
+        """A job task that died of a bug: its offset stays uncommitted (redelivered on restart),
+        and the partition's commits stop behind it, so say so loudly."""
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("capture job crashed; its partition's commits wait until a restart",
+                      error=f"{type(exc).__name__}: {exc}")
 
     def _set_paused(self, paused: bool) -> None:
         assert self._consumer is not None
@@ -340,12 +349,12 @@ class CaptureConsumer:
         delay = 0.5
         while True:
             future, on_delivery = self._delivery_future()
-            send_dead_letter(self.producer, msg, reason, type(exc).__name__, "capture",
-                             on_delivery=on_delivery)
             try:
+                send_dead_letter(self.producer, msg, reason, type(exc).__name__, "capture",
+                                 on_delivery=on_delivery)
                 await future
                 break
-            except RuntimeError as err:
+            except (RuntimeError, BufferError, KafkaException) as err:
                 log.error("dead letter not delivered; retrying", error=str(err))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30)
