@@ -35,11 +35,13 @@ def capture(
 ) -> None:
     """Capture teacher and student traces for the jobs on capture-jobs.
 
-    Each job asks the teacher (Claude with extended thinking, an Ollama model, or the offline
-    reference rules) and the student (Ollama or an offline heuristic) at once, redacts personal
-    data, stores the trace in object storage and produces it to the compacted traces topic.
-    Offsets are committed only past jobs whose writes are confirmed. A job that keeps failing
-    goes to capture-jobs.dlq. SIGTERM stops taking jobs and finishes the ones in flight.
+    Each job asks the teacher (Claude with extended thinking, an OpenAI-compatible server, an
+    Ollama model, or the offline reference rules) and the student (Ollama or an offline
+    heuristic) at once, redacts personal data, stores the trace in object storage and produces
+    it to the compacted traces topic. Offsets are committed only past jobs whose writes are
+    confirmed. A job that keeps failing goes to capture-jobs.dlq. SIGTERM stops taking jobs and
+    finishes the ones in flight. Providers, limits and redaction are set by TIER3_* variables
+    (docs/capture.md).
     """
     from tier3.consumers.capture import CaptureConsumer
     from tier3.consumers.object_store import TraceStore
