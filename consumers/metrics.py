@@ -19,13 +19,13 @@ IN_FLIGHT = Gauge("tier3_capture_in_flight", "Capture jobs taken and not yet fin
 PAUSED = Gauge("tier3_capture_paused", "1 while partitions are paused because the process is full.")
 TEACHER_LATENCY = Histogram(
     "tier3_capture_teacher_latency_seconds",
-    "Wall time of a teacher call, SDK retries included.",
+    "Wall time of a teacher call that answered, SDK retries and rate-limit waits included.",
     ["provider"],
     buckets=_LATENCY_BUCKETS,
 )
 STUDENT_LATENCY = Histogram(
     "tier3_capture_student_latency_seconds",
-    "Wall time of a student call.",
+    "Wall time of a student call that answered.",
     ["provider"],
     buckets=_LATENCY_BUCKETS,
 )

@@ -220,3 +220,39 @@ def test_a_second_member_joining_mid_stream_loses_and_duplicates_nothing(kafka, 
     latest = latest_traces(kafka)
     assert set(latest) == ids
     assert committed(kafka, settings.group) == end_offsets(kafka)
+
+
+def test_metrics_tell_jobs_retries_dead_letters_tokens_and_latency(kafka, servers, store_root):
+    from prometheus_client import REGISTRY
+
+    def value(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    names = [
+        ("tier3_capture_jobs_total", {"outcome": "traced"}),
+        ("tier3_capture_jobs_total", {"outcome": "dead_letter"}),
+        ("tier3_capture_retries_total", {"kind": "http"}),
+        ("tier3_capture_retries_total", {"kind": "job"}),
+        ("tier3_capture_dead_letters_total", {"reason": "failed"}),
+        ("tier3_capture_tokens_total", {"role": "teacher", "direction": "output"}),
+        ("tier3_capture_teacher_latency_seconds_count", {"provider": "anthropic"}),
+        ("tier3_capture_student_latency_seconds_count", {"provider": "ollama"}),
+    ]
+    before = [value(n, **labels) for n, labels in names]
+    teacher, student = servers
+    teacher.faults.add(Fault(529, match="geo", times=None))
+    jobs = [make_job(i, query=f"show orders total {i}") for i in range(3)]
+    publish_jobs(kafka, [*jobs, make_job(9, query="show cost on a map geo")])
+    settings = provider_settings(teacher.url, student.url, attempts=2, teacher_max_retries=1)
+    worker = build_worker(kafka, settings, store_root)
+
+    run_until(worker, lambda: worker.traced + worker.dead_lettered >= 4)
+
+    delta = [value(n, **labels) - b for (n, labels), b in zip(names, before, strict=True)]
+    traced, dead, http_retries, job_retries, dead_failed, tokens, teacher_n, student_n = delta
+    assert (traced, dead, dead_failed) == (3, 1, 1)
+    assert http_retries == 2  # one SDK retry in each of the failing job's two attempts
+    assert job_retries == 1
+    assert tokens > 0
+    assert teacher_n == 3  # calls that answered
+    assert student_n == 3 + 2  # the student answered the failing job in both attempts too
