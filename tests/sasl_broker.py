@@ -30,6 +30,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """A free port whose successor is free too (a broker's client and controller ports)."""
+    while True:
+        with socket.socket() as first, socket.socket() as second:
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            return port
+
+
 def make_certificates(folder: Path) -> tuple[Path, Path]:
     """A CA and a server certificate for 127.0.0.1: (server key+chain PEM, CA PEM)."""
     import datetime

@@ -98,9 +98,9 @@ def test_the_cli_connects_with_credentials_from_the_environment(sasl: SaslBroker
 
 
 def test_broker_start_sasl_from_the_command_line(tmp_path: Path) -> None:
-    from tests.sasl_broker import free_port
+    from tests.sasl_broker import free_port_pair
 
-    port = free_port()
+    port = free_port_pair()
     password_file = tmp_path / "app-password"
     password_file.write_text("app-secret-123\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIER3_")}
