@@ -256,3 +256,24 @@ def test_metrics_tell_jobs_retries_dead_letters_tokens_and_latency(kafka, server
     assert tokens > 0
     assert teacher_n == 3  # calls that answered
     assert student_n == 3 + 2  # the student answered the failing job in both attempts too
+
+
+def test_offline_providers_make_traces_that_say_so(kafka, store_root, monkeypatch):
+    from tier3.consumers.settings import CaptureSettings
+
+    monkeypatch.delenv("ANTHROPIC_API_KEY", raising=False)
+    jobs = [make_job(i) for i in range(5)]
+    publish_jobs(kafka, jobs)
+    settings = CaptureSettings(group="capture-offline", commit_interval_s=0.2)
+    worker = build_worker(kafka, settings, store_root)
+
+    run_until(worker, lambda: worker.traced >= len(jobs))
+
+    latest = latest_traces(kafka)
+    for job in jobs:
+        trace = latest[job["query_id"]]
+        assert (trace["teacher_provider"], trace["teacher_model"]) == ("offline", "reference-rules")
+        assert (trace["student_provider"], trace["student_model"]) == ("offline", "table-heuristic")
+        context = json.loads(job["context"])
+        assert json.loads(trace["teacher_answer"]) == reference_answer(job["query"], context)
+        assert trace["teacher_input_tokens"] == 0  # nothing was paid for
