@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +35,6 @@ from confluent_kafka.admin import AdminClient
 from tier3.streams import offsets
 from tier3.streams.offsets import Partition
 from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import admin_client
 
 _TIMEOUT = 15.0
 _INACTIVE = (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
@@ -140,7 +139,7 @@ def _result(future: Any, what: str) -> Any:
     try:
         return future.result(timeout=_TIMEOUT)
     except Exception as exc:
-        raise GroupError(f"{what} failed: {exc}") from exc
+        raise GroupError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
 
 class ConsumerGroups:
@@ -148,7 +147,8 @@ class ConsumerGroups:
 
     def __init__(self, settings: KafkaSettings, admin: AdminClient | None = None) -> None:
         self.settings = settings
-        self.admin = admin or admin_client(settings)
+        # librdkafka's own log lines would repeat, less clearly, the errors raised here.
+        self.admin = admin or AdminClient({**settings.client_config(), "log_level": 0})
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -166,14 +166,25 @@ class ConsumerGroups:
 
     def committed(self, group: str) -> dict[Partition, int]:
         """The group's committed offsets, by (topic, partition)."""
-        request = [ConsumerGroupTopicPartitions(group)]
-        futures = self.admin.list_consumer_group_offsets(request, request_timeout=_TIMEOUT)
-        answer = _result(futures[group], f"reading offsets of group {group!r}")
-        return {
-            (tp.topic, tp.partition): tp.offset
-            for tp in answer.topic_partitions or []
-            if tp.offset >= 0 and tp.error is None
+        return self._committed_of([group])[group]
+
+    def _committed_of(self, groups: list[str]) -> dict[str, dict[Partition, int]]:
+        # One request per group (the API's limit), all in flight at once.
+        futures = {
+            g: self.admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(g)], request_timeout=_TIMEOUT
+            )[g]
+            for g in groups
         }
+        found = {}
+        for group, future in futures.items():
+            answer = _result(future, f"reading offsets of group {group!r}")
+            found[group] = {
+                (tp.topic, tp.partition): tp.offset
+                for tp in answer.topic_partitions or []
+                if tp.offset >= 0 and tp.error is None
+            }
+        return found
 
     def _describe(self, groups: list[str]) -> dict[str, Any]:
         if not groups:
@@ -201,43 +212,61 @@ class ConsumerGroups:
 
     def describe(self, group: str) -> GroupDescription:
         """State, members and per-partition lag of one group."""
-        description = self._describe([group])[group]
-        members: list[dict[str, Any]] = []
-        assigned: dict[tuple[str, int], str] = {}
-        for m in description.members:
-            parts = [(tp.topic, tp.partition) for tp in (m.assignment.topic_partitions or [])]
-            members.append(
-                {
-                    "member_id": m.member_id,
-                    "client_id": m.client_id,
-                    "host": m.host,
-                    "partitions": [f"{t}[{p}]" for t, p in parts],
-                }
+        return self._describe_all([group])[group]
+
+    def _describe_all(
+        self, groups: list[str], keep: Callable[[list[Partition]], bool] | None = None
+    ) -> dict[str, GroupDescription]:
+        """Several groups at once: a handful of batched requests, however many groups. With
+        ``keep``, only groups whose partitions it accepts are described to the end."""
+        descriptions = self._describe(groups)
+        committed = self._committed_of(groups)
+        shapes = {}
+        for group in groups:
+            members: list[dict[str, Any]] = []
+            assigned: dict[Partition, str] = {}
+            for m in descriptions[group].members:
+                parts = [(tp.topic, tp.partition) for tp in (m.assignment.topic_partitions or [])]
+                members.append(
+                    {
+                        "member_id": m.member_id,
+                        "client_id": m.client_id,
+                        "host": m.host,
+                        "partitions": [f"{t}[{p}]" for t, p in parts],
+                    }
+                )
+                assigned.update(dict.fromkeys(parts, m.client_id))
+            keys = sorted(set(committed[group]) | set(assigned))
+            if keep is None or keep(keys):
+                shapes[group] = (members, assigned, keys)
+        marks = self.watermarks({tp for _, _, keys in shapes.values() for tp in keys})
+        return {
+            group: GroupDescription(
+                group,
+                _state_name(descriptions[group].state),
+                members,
+                [
+                    PartitionLag(
+                        t, p, committed[group].get((t, p)), *marks[(t, p)], assigned.get((t, p))
+                    )
+                    for t, p in keys
+                ],
             )
-            for tp in parts:
-                assigned[tp] = m.client_id
-        committed = self.committed(group)
-        keys = sorted(set(committed) | set(assigned))
-        marks = self.watermarks(keys)
-        partitions = [
-            PartitionLag(t, p, committed.get((t, p)), *marks[(t, p)], assigned.get((t, p)))
-            for t, p in keys
-        ]
-        return GroupDescription(group, _state_name(description.state), members, partitions)
+            for group, (members, assigned, keys) in shapes.items()
+        }
 
     def list(self, include_all: bool = False) -> list[GroupSummary]:
         """Groups reading this deployment's topics (every group with ``include_all``)."""
-        summaries = []
-        for group in self.all_group_ids():
-            try:
-                d = self.describe(group)
-            except GroupError:
-                continue  # a group deleted between listing and describing
-            topics = sorted({p.topic for p in d.partitions})
-            if not include_all and not any(self._ours(t) for t in topics):
-                continue
-            summaries.append(GroupSummary(group, d.state, len(d.members), d.lag, topics))
-        return summaries
+        groups = self.all_group_ids()
+        if not groups:
+            return []
+        keep = None if include_all else (lambda keys: any(self._ours(t) for t, _ in keys))
+        return [
+            GroupSummary(
+                group, d.state, len(d.members), d.lag, sorted({p.topic for p in d.partitions})
+            )
+            for group, d in self._describe_all(groups, keep).items()
+        ]
 
     # -- resetting ------------------------------------------------------------------------------
 

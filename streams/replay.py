@@ -72,7 +72,6 @@ from tier3.streams.topics import (
     TRACES,
     TRAINING_REQUESTS,
     TRAINING_RESULTS,
-    admin_client,
     create_topics,
 )
 from tier3.streams.topics import FEEDBACK as FEEDBACK_TOPIC
@@ -246,7 +245,7 @@ class Replayer:
             else settings
         )
         self.rate = rate
-        self.admin = admin or admin_client(settings)
+        self.admin = admin or AdminClient({**settings.client_config(), "log_level": 0})
         self.codec = codec_of(settings)
 
     def _report(self, mode: str, source: str, window: Window) -> ReplayReport:
