@@ -12,9 +12,10 @@ Errors are one clear line on stderr and a non-zero exit code, never a traceback.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -65,6 +66,19 @@ def _parse_time(text: str) -> datetime:
             f"{text!r} is neither an ISO 8601 datetime nor milliseconds since the epoch"
         ) from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)  # naive means UTC
+
+
+def _parse_duration(text: str) -> timedelta:
+    """``90s``, ``15m``, ``2h``, ``1d``, or an ISO 8601 duration such as ``PT1H30M`` / ``P1D``."""
+    simple = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if simple:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[simple.group(2)]
+        return timedelta(**{unit: int(simple.group(1))})
+    iso = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", text.strip())
+    if iso and any(iso.groups()):
+        days, hours, minutes, seconds = (int(g or 0) for g in iso.groups())
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    raise typer.BadParameter(f"{text!r} is not a duration such as 15m, 2h, 1d or PT1H30M")
 
 
 # -- groups -------------------------------------------------------------------------------------
@@ -197,6 +211,13 @@ def groups_reset(
     to_offset: Annotated[
         int | None, typer.Option(help="Move every partition to this offset.")
     ] = None,
+    by_duration: Annotated[
+        str | None,
+        typer.Option(
+            help="Move to where the log was this long ago: 90s, 15m, 2h, 1d or ISO 8601 "
+            "(PT1H30M, P1D)."
+        ),
+    ] = None,
     from_file: Annotated[
         Path | None, typer.Option(help="Put back the offsets of a backup/export file (undo).")
     ] = None,
@@ -221,11 +242,22 @@ def groups_reset(
         groups = _groups()
         if from_file is not None:
             if any(
-                (to_earliest, to_latest, to_datetime, shift_by is not None, to_offset is not None)
+                (
+                    to_earliest,
+                    to_latest,
+                    to_datetime,
+                    by_duration,
+                    shift_by is not None,
+                    to_offset is not None,
+                )
             ):
                 raise _fail("--from-file cannot be combined with another strategy")
             plan = groups.plan_from_file(group, from_file)
         else:
+            if by_duration and to_datetime:
+                raise _fail("choose one of --to-datetime and --by-duration")
+            if by_duration:
+                to_datetime = (datetime.now(UTC) - _parse_duration(by_duration)).isoformat()
             plan = groups.plan_reset(
                 group,
                 topics=topic,

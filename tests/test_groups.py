@@ -301,3 +301,14 @@ def test_delete_is_refused_while_active_and_undoable_when_done(
     assert group not in {g.group for g in groups.list()}
     groups.execute(groups.plan_from_file(group, backup), tmp_path)
     assert groups.committed(group) == before
+
+
+def test_cli_reset_by_duration(consumed: tuple[KafkaSettings, str]) -> None:
+    settings, group = consumed
+    day = _tier3(settings, "groups", "reset", group, "--by-duration", "1d", "--json")
+    assert day.returncode == 0, day.stderr
+    assert {m["target"] for m in json.loads(day.stdout)["moves"]} == {0}  # all written since
+    iso = _tier3(settings, "groups", "reset", group, "--by-duration", "PT1H", "--json")
+    assert json.loads(iso.stdout)["moves"] == json.loads(day.stdout)["moves"]
+    bad = _tier3(settings, "groups", "reset", group, "--by-duration", "yesterday")
+    assert bad.returncode == 2 and "duration" in bad.stderr
