@@ -94,6 +94,7 @@ def test_tokenizer_is_inside_the_file(tiny, exported):
     d = describe_gguf(exported.path)
     by_id = {i: t for t, i in tok.get_vocab().items()}
     assert d["tokenizer_model"] == "gpt2"
+    assert d["tokenizer_pre"] == "gpt-2"  # llama.cpp's name for the byte-level BPE regex
     assert d["tokens"] == [by_id[i] for i in range(len(by_id))]
     types = dict(zip(d["tokens"], d["token_types"], strict=True))
     assert types["<|eot_id|>"] == gguf.TokenType.CONTROL

@@ -100,6 +100,37 @@ def test_deploy_quantizes_to_q4_k_m_and_announces_the_lineage(kafka, client, ggu
     assert raw.headers[REASON_HEADER] == b"passed the gate"
 
 
+def test_ollama_tokenizes_prompts_as_the_trainer_did(kafka, client, gguf):
+    """The served model must see the tokens the student was trained on (pre-tokenizer, BOS)."""
+    from tier3.trainers.tiny_model import cached_tiny_student
+    from transformers import AutoTokenizer
+
+    registered = deploy(
+        kafka, client, gguf_path=gguf, decision=PASSED, request_id="r", model="m", quantize=None
+    )
+    tok = AutoTokenizer.from_pretrained(cached_tiny_student(os.environ.get("TIER3_TINY_CACHE")))
+    prompt = widgets.render_prompt(
+        "show revenue by region for last quarter",
+        {"page": "sales", "alerts_open": False, "screen": "desktop"},
+    )
+    for text in (prompt, 'Context: {"alerts_open": false, "page": "sales"}'):
+        served = client.generate(
+            model=registered["ollama_name"], prompt=text, raw=True, options={"num_predict": 1}
+        )
+        trained = tok(text, add_special_tokens=False).input_ids
+        assert served.prompt_eval_count == len(trained) + 1  # + BOS
+
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    served = client.chat(
+        model=registered["ollama_name"],
+        messages=[{"role": "user", "content": prompt}],
+        options={"num_predict": 1},
+    )
+    assert served.prompt_eval_count == len(tok(chat, add_special_tokens=False).input_ids)
+
+
 def test_a_model_that_failed_the_gate_is_not_deployed(kafka, client, gguf):
     failed = GateDecision(False, ["FAIL: JSON validity 12.0% >= 99.0%"])
     with pytest.raises(GateRefused, match=r"JSON validity 12\.0%"):

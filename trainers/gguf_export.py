@@ -15,7 +15,9 @@ Design choices:
   MOSTLY_F16). Quantization to q4_k_m is done by a real quantizer, Ollama's ``create`` with
   ``quantize`` (see ``ollama_deploy``), not by us: the ``gguf`` package can read k-quants but
   not make them.
-- **Tokenizer inside the file**: byte-level BPE as ``tokenizer.ggml.model = "gpt2"`` with the
+- **Tokenizer inside the file**: byte-level BPE as ``tokenizer.ggml.model = "gpt2"`` and the
+  GPT-2 pre-tokenizer regex (``tokenizer.ggml.pre = "gpt-2"``, llama.cpp's name for it: an
+  unknown name silently falls back to another regex and the served model sees other tokens) with the
   token list, token types (special tokens are CONTROL, other added tokens USER_DEFINED), merges,
   bos/eos/eot/pad ids and the chat template, so the GGUF alone is a servable model.
 """
@@ -158,7 +160,8 @@ def _write_tokenizer(writer: Any, tokenizer: Any, model_dir: Path, n_vocab: int)
             tokens.append(token)
             types.append(gguf.TokenType.NORMAL)
     writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("gpt2")
+    # llama.cpp's name for the GPT-2 pre-tokenizer regex (an unknown name falls back to another).
+    writer.add_tokenizer_pre("gpt-2")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
 
@@ -230,6 +233,7 @@ def describe_gguf(path: str | Path) -> dict[str, Any]:
         "tensor_types": tensor_types,
         "tensor_shapes": {t.name: [int(d) for d in t.shape] for t in reader.tensors},
         "tokenizer_model": value("tokenizer.ggml.model"),
+        "tokenizer_pre": value("tokenizer.ggml.pre"),
         "tokens": value("tokenizer.ggml.tokens"),
         "token_types": value("tokenizer.ggml.token_type"),
         "merges": value("tokenizer.ggml.merges"),
