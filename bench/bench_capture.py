@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import socket
 import statistics
 import subprocess
@@ -150,6 +151,7 @@ def run(bootstrap: str, jobs: int, concurrency: int, teacher: str, student: str)
         proc.terminate()
         proc.wait(60)
         delete_topics(settings)
+        shutil.rmtree(store, ignore_errors=True)
     lo = next(s for s in samples if s[1] >= jobs * 0.1)
     hi = next(s for s in samples if s[1] >= jobs * 0.9)
     steady = [s[2] for s in samples if lo[0] <= s[0] <= hi[0]]
