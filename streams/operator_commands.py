@@ -407,7 +407,8 @@ def _run_replay(
     chosen = ", ".join(f"{k} {v}" for k, v in sorted(report.chosen.items())) or "none"
     out.print(
         f"read {report.read} ({report.undecodable} undecodable, {report.duplicates} "
-        f"repeated, {report.skipped_deleted} deleted queries left out); jobs: {chosen}; "
+        f"repeated, {report.skipped_deleted} deleted and {report.skipped_traced} already traced "
+        f"queries left out); jobs: {chosen}; "
         f"target {report.target}"
     )
     if report.executed:
@@ -445,6 +446,13 @@ def replay_resample(
     execute: ExecuteOpt = False,
     rate: RateOpt = None,
     include_deleted: IncludeDeletedOpt = False,
+    include_traced: Annotated[
+        bool,
+        typer.Option(
+            "--include-traced",
+            help="Also send queries that already have a trace (default: leave them).",
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Decide a window of experiences again with a new capture policy; send the chosen jobs.
@@ -472,7 +480,12 @@ def replay_resample(
         as_json,
         include_deleted,
         lambda r, progress: r.resample(
-            window, policy, execute=execute, feedback_grace_s=feedback_grace, progress=progress
+            window,
+            policy,
+            execute=execute,
+            feedback_grace_s=feedback_grace,
+            skip_traced=not include_traced,
+            progress=progress,
         ),
     )
 

@@ -127,6 +127,7 @@ class ReplayReport:
     undecodable: int = 0
     duplicates: int = 0
     skipped_deleted: int = 0
+    skipped_traced: int = 0
     chosen: Counter[str] = field(default_factory=Counter)
     sent: int = 0
     failed: int = 0
@@ -148,6 +149,7 @@ class ReplayReport:
             "undecodable": self.undecodable,
             "duplicates": self.duplicates,
             "skipped_deleted": self.skipped_deleted,
+            "skipped_traced": self.skipped_traced,
             "chosen": dict(self.chosen),
             "jobs": sum(self.chosen.values()),
             "sent": self.sent,
@@ -264,9 +266,12 @@ class Replayer:
         *,
         execute: bool = False,
         feedback_grace_s: float = 600.0,
+        skip_traced: bool = True,
         progress: Progress | None = None,
     ) -> ReplayReport:
-        """Decide the window's experiences again with ``policy``; send the chosen jobs."""
+        """Decide the window's experiences again with ``policy``; send the chosen jobs. Queries
+        that already have a trace are left out (``skip_traced``): the new policy adds what the
+        old one missed, without paying the teacher twice for the rest."""
         report = self._report(RESAMPLE, EXPERIENCES, window)
         latest: dict[str, tuple[int, dict[str, Any]]] = {}
         first_ms = last_ms = None
@@ -282,7 +287,7 @@ class Replayer:
         feedback = {}
         if latest and first_ms is not None and last_ms is not None:
             feedback = self._feedback(set(latest), first_ms, last_ms + int(feedback_grace_s * 1000))
-        self._drop_deleted(report, latest)
+        self._drop_known(report, latest, drop_traced=skip_traced)
         now_ms = int(time.time() * 1000)
         jobs = []
         for query_id, (partition, experience) in latest.items():
@@ -307,30 +312,39 @@ class Replayer:
                 continue
             report.duplicates += record["query_id"] in latest
             latest[record["query_id"]] = (msg.partition(), {**record, "reason": REPLAY_REASON})
-        self._drop_deleted(report, latest)
+        self._drop_known(report, latest)
         report.chosen[REPLAY_REASON] = len(latest)
         if execute:
             self._send(report, list(latest.values()))
         return report
 
-    def _drop_deleted(self, report: ReplayReport, latest: dict[str, Any]) -> None:
+    def _drop_known(
+        self, report: ReplayReport, latest: dict[str, Any], drop_traced: bool = False
+    ) -> None:
         """Leave out queries whose trace was deleted: a replay must not bring a forgotten one
-        back. A deletion is a tombstone on ``traces``, visible for its ``delete.retention.ms``."""
-        if not self.respect_deletions or not latest:
+        back (a deletion is a tombstone on ``traces``, visible for its ``delete.retention.ms``).
+        With ``drop_traced``, also those that already have a trace."""
+        if not latest or not (self.respect_deletions or drop_traced):
             return
-        for query_id in self.deleted_queries() & set(latest):
-            del latest[query_id]
-            report.skipped_deleted += 1
+        live, deleted = self.trace_keys()
+        for query_id in list(latest):
+            if self.respect_deletions and query_id in deleted:
+                del latest[query_id]
+                report.skipped_deleted += 1
+            elif drop_traced and query_id in live:
+                del latest[query_id]
+                report.skipped_traced += 1
 
-    def deleted_queries(self) -> set[str]:
-        """Query ids whose latest value on the traces topic is a tombstone."""
+    def trace_keys(self) -> tuple[set[str], set[str]]:
+        """Query ids with a live trace, and those whose latest value is a tombstone."""
         full = self.settings.topic(TRACES)
         marks = offsets.watermarks(self.admin, offsets.partitions_of(self.admin, full))
         ranges = [Range(t, p, low, high) for (t, p), (low, high) in marks.items()]
-        deleted: dict[bytes, bool] = {}
+        gone: dict[bytes, bool] = {}
         for msg in read_ranges(self.settings, ranges):
-            deleted[msg.key() or b""] = msg.value() is None
-        return {key.decode(errors="replace") for key, gone in deleted.items() if gone}
+            gone[msg.key() or b""] = msg.value() is None
+        live = {k.decode(errors="replace") for k, dead in gone.items() if not dead}
+        return live, {k.decode(errors="replace") for k, dead in gone.items() if dead}
 
     def _decode(
         self, msg: Message, event: str, report: ReplayReport, progress: Progress | None

@@ -305,3 +305,40 @@ def test_dead_letters_go_back_once_their_cause_is_fixed(kafka: KafkaSettings) ->
     ]
     with pytest.raises(ReplayError, match="not a tier3 topic"):
         Replayer(kafka).dead_letters("nonsense", Window())
+
+
+def test_resample_adds_what_the_old_policy_missed_without_recapturing_the_rest(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    from tier3.consumers.settings import CaptureSettings
+    from tier3.trainers.traces_source import read_traces
+
+    from tests.capture_harness import build_worker, run_until
+
+    experiences = _publish(kafka, 30, seed=8)
+    old, new = Policy(random_rate=0.2, high_confidence=None), Policy(0.6, high_confidence=None)
+    old_ids = {e["query_id"] for e in experiences if decide(e, None, old)}
+    new_ids = {e["query_id"] for e in experiences if decide(e, None, new)}
+    assert old_ids < new_ids  # hash-based: the wider policy keeps every old choice
+
+    settings = CaptureSettings(
+        teacher_provider="offline",
+        student_provider="offline",
+        group=f"{kafka.topic_prefix}capture",
+        commit_interval_s=0.2,
+    )
+    root = (tmp_path / "objects").as_uri()
+    Replayer(kafka).resample(Window(), old, execute=True)
+    run_until(
+        build_worker(kafka, settings, root),
+        lambda: set(read_traces(kafka).traces) == old_ids,
+        timeout=60,
+    )
+
+    report = Replayer(kafka).resample(Window(), new, execute=True)
+    assert report.skipped_traced == len(old_ids)
+    assert report.sent == len(new_ids - old_ids)
+    jobs = [j["query_id"] for j in _jobs(kafka)]
+    assert sorted(jobs) == sorted([*old_ids, *(new_ids - old_ids)])  # no query sent twice
+    forced = Replayer(kafka).resample(Window(), new, skip_traced=False)
+    assert sum(forced.chosen.values()) == len(new_ids)
