@@ -5,7 +5,9 @@ Two replays, both ending on ``capture-jobs``, where the capture consumers pick t
 * **resample**: read the experiences of a window (and their feedback), decide again with a new
   capture policy (``sampling.decide``, the sampler's own function), and send a job for every
   query the new policy chooses. The job's reason is the policy's (``random``,
-  ``high_confidence``, ...), as the live sampler would have written it.
+  ``high_confidence``, ...), as the live sampler would have written it. Queries that already
+  have a trace are left out by default: a wider policy adds what the old one missed without
+  paying the teacher twice for the rest.
 * **recapture**: read the capture jobs of a window and send them again with reason ``replay``,
   so that capture consumers running with a new teacher prompt or model write new traces.
 
