@@ -93,7 +93,7 @@ class LocalBroker:
     home: Path = field(default_factory=lambda: Path(".tier3"))
     port: int = 9092
     controller_port: int | None = None
-    heap: str = "512m"
+    heap: str = field(default_factory=lambda: os.environ.get("TIER3_BROKER_HEAP", "1g"))
     extra_config: dict[str, str] = field(default_factory=dict)
     cache: Path | None = None
 

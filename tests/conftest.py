@@ -7,11 +7,15 @@ gets its own topic prefix, so tests never see each other's events.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
 from tier3.streams.local_broker import LocalBroker
 from tier3.streams.settings import KafkaSettings
 from tier3.streams.topics import create_topics
@@ -35,6 +39,9 @@ def broker() -> LocalBroker:
     return b
 
 
+_PREFIXES_MADE: list[str] = []
+
+
 def fresh_settings(broker: LocalBroker, partitions: int = 3, **overrides: object) -> KafkaSettings:
     """Settings with a topic prefix no other test uses, and its topics created."""
     settings = KafkaSettings(
@@ -44,13 +51,42 @@ def fresh_settings(broker: LocalBroker, partitions: int = 3, **overrides: object
         **overrides,
     )
     create_topics(settings)
+    _PREFIXES_MADE.append(settings.topic_prefix)
     return settings
 
 
+def delete_topics_with_prefix(bootstrap: str, prefixes: list[str]) -> None:
+    """Delete a test's topics (and whatever stages made under its prefix), best effort.
+
+    Thousands of leftover partitions would make the shared broker slow to restart and, in the
+    end, run out of heap; a test's topics are worth nothing after it.
+    """
+    if not prefixes:
+        return
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        names = [t for t in admin.list_topics(timeout=10).topics if t.startswith(tuple(prefixes))]
+        if names:
+            for future in admin.delete_topics(names, operation_timeout=30).values():
+                with contextlib.suppress(Exception):
+                    future.result()
+    except KafkaException:
+        pass
+
+
 @pytest.fixture
-def kafka(broker: LocalBroker) -> KafkaSettings:
+def kafka(broker: LocalBroker) -> Iterator[KafkaSettings]:
     """Kafka settings for this test alone: its own prefix, its topics created."""
-    return fresh_settings(broker)
+    settings = fresh_settings(broker)
+    yield settings
+    delete_topics_with_prefix(broker.bootstrap, [settings.topic_prefix])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _delete_test_topics_at_the_end() -> Iterator[None]:
+    yield
+    if _PREFIXES_MADE:
+        delete_topics_with_prefix(f"127.0.0.1:{TEST_PORT}", [p for p in _PREFIXES_MADE if p])
 
 
 @pytest.fixture(autouse=True)
