@@ -229,7 +229,6 @@ class Count:
     def report(self) -> None:
         TABLE_ENTRIES.labels(ROLE, "counted").set(len(self.counted.data))
         TABLE_ENTRIES.labels(ROLE, "batches").set(len(self.batches.data))
-        self.book.update_lag()
 
 
 def build(

@@ -81,8 +81,18 @@ def _credentials(settings: KafkaSettings) -> faust.auth.Credentials | None:
     return None
 
 
-def make_app(settings: KafkaSettings, role: str, workdir: Path, **overrides: Any) -> faust.App:
-    """A Faust app for one processor role, configured from tier3's settings."""
+def make_app(
+    settings: KafkaSettings,
+    role: str,
+    workdir: Path,
+    session_timeout_s: float = 30.0,
+    **overrides: Any,
+) -> faust.App:
+    """A Faust app for one processor role, configured from tier3's settings.
+
+    ``session_timeout_s`` is how long the group waits for a worker that stopped answering (one
+    that crashed) before its partitions go to the others; a clean stop hands them over at once.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.topic(role),
@@ -100,6 +110,8 @@ def make_app(settings: KafkaSettings, role: str, workdir: Path, **overrides: Any
         consumer_auto_offset_reset="earliest",
         processing_guarantee="at_least_once",
         producer_acks=-1,
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=min(3.0, session_timeout_s / 4),
         **overrides,
     )
 
@@ -111,7 +123,8 @@ def raw_topic(app: faust.App, *names: str, **options: Any) -> faust.TopicT:
 
 def raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
     """A table of bytes to bytes in memory, kept in a compacted changelog topic."""
-    return app.Table(name, partitions=partitions, schema=faust.Schema(**RAW))
+    # bytes as key and value types is what makes Faust's changelog serializers 'raw'.
+    return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
 
 
 def put(table: faust.Table, partition: int, key: bytes, value: bytes) -> None:
@@ -162,14 +175,25 @@ class DeadLetters:
 
 
 class PartitionBook:
-    """Which partitions this worker owns now, and how far it has read each one (for lag)."""
+    """Which partitions this worker owns, how far it has read each one, and its consumer lag.
+
+    Every two seconds it publishes the lag of each source partition and watches for a stall.
+    faust-streaming 0.15 can leave a worker idle after its first recovery from a changelog
+    (assigned, "ready", lagging, and fetching nothing; seen after a crash and restart) until
+    the next rebalance. So when a ready worker reads nothing for two checks in a row while
+    its lag is above zero, the watchdog asks the group to rebalance, which starts it again.
+    """
 
     def __init__(self, app: faust.App, role: str, sources: list[str]) -> None:
         self.app = app
         self.role = role
         self.sources = set(sources)
         self.read: dict[TP, int] = {}
+        self.lag = 0
         self._lag_labels: set[tuple[str, str]] = set()
+        self._last_progress = -1
+        self._idle_checks = 0
+        app.timer(2.0, name=f"{app.conf.id}.partitions")(self.check)
 
     def owned_partitions(self, topic: str) -> set[int]:
         """Partitions of ``topic`` this worker owns, once settled (no rebalance or recovery)."""
@@ -186,9 +210,31 @@ class PartitionBook:
             and not recovery.in_recovery
         )
 
-    def update_lag(self) -> None:
+    async def check(self) -> None:
+        self._update_lag()
+        progress = sum(self.read.values())
+        if not self.ready() or self.lag == 0 or progress != self._last_progress:
+            self._last_progress, self._idle_checks = progress, 0
+            return
+        self._idle_checks += 1
+        if self._idle_checks >= 2:
+            log.warning("stream idle while lagging; asking the group to rebalance", lag=self.lag)
+            self._idle_checks = 0
+            await self._rejoin()
+
+    async def _rejoin(self) -> None:
+        # aiokafka's consumer lives on Faust's consumer thread: ask it there.
+        thread = self.app.consumer._thread
+
+        async def rejoin() -> None:
+            thread._ensure_consumer()._coordinator.request_rejoin()
+
+        await thread.call_thread(rejoin)
+
+    def _update_lag(self) -> None:
         consumer = self.app.consumer
         seen: set[tuple[str, str]] = set()
+        total = 0
         for tp in consumer.assignment():
             if tp.topic not in self.sources:  # changelogs: read only while recovering
                 continue
@@ -198,13 +244,15 @@ class PartitionBook:
                 continue
             if high is None:
                 continue
-            position = self.read.get(tp, -1) + 1
+            lag = max(0, high - (self.read.get(tp, -1) + 1))
             labels = (tp.topic, str(tp.partition))
-            CONSUMER_LAG.labels(self.role, *labels).set(max(0, high - position))
+            CONSUMER_LAG.labels(self.role, *labels).set(lag)
             seen.add(labels)
+            total += lag
         for labels in self._lag_labels - seen:  # partitions given away: stop reporting them
             CONSUMER_LAG.remove(self.role, *labels)
         self._lag_labels = seen
+        self.lag = total
 
 
 def every(app: faust.App, seconds: float, fun: Callable[[], None]) -> None:

@@ -27,6 +27,13 @@ Workdir = Annotated[
     Path | None,
     typer.Option(help="The worker's own folder (Faust's datadir); default: a temporary folder."),
 ]
+SessionTimeout = Annotated[
+    float,
+    typer.Option(
+        help="Seconds before the group gives a silent (crashed) worker's partitions to the others.",
+        envvar="TIER3_SESSION_TIMEOUT_S",
+    ),
+]
 FaustLogLevel = Annotated[
     str, typer.Option(help="Log level of Faust's own messages.", envvar="TIER3_FAUST_LOG_LEVEL")
 ]
@@ -89,6 +96,7 @@ def run_sampler(
     ] = None,
     workdir: Workdir = None,
     metrics_port: MetricsPort = 0,
+    session_timeout: SessionTimeout = 30.0,
     faust_log_level: FaustLogLevel = "warning",
 ) -> None:
     """Join experiences with feedback and emit capture jobs for the queries the policy picks.
@@ -115,7 +123,7 @@ def run_sampler(
     )
 
     def build(settings, folder, codec):  # type: ignore[no-untyped-def]
-        return sampler.build(settings, config, folder, codec)[0]
+        return sampler.build(settings, config, folder, codec, session_timeout_s=session_timeout)[0]
 
     _run(sampler.ROLE, workdir, metrics_port, faust_log_level, build)
 
@@ -139,6 +147,7 @@ def run_counter(
     ] = None,
     workdir: Workdir = None,
     metrics_port: MetricsPort = 0,
+    session_timeout: SessionTimeout = 30.0,
     faust_log_level: FaustLogLevel = "warning",
 ) -> None:
     """Count distinct new traces and request training each time min-traces more have come.
@@ -155,7 +164,7 @@ def run_counter(
     )
 
     def build(settings, folder, codec):  # type: ignore[no-untyped-def]
-        return counter.build(settings, config, folder, codec)[0]
+        return counter.build(settings, config, folder, codec, session_timeout_s=session_timeout)[0]
 
     _run(counter.ROLE, workdir, metrics_port, faust_log_level, build)
 

@@ -16,8 +16,11 @@ consequences in the tables (the ``captured`` marker, the removal from ``waiting`
 only once the job itself is acknowledged by the broker. Dying before that leaves the query
 waiting in the changelog, so the restarted worker decides it again: nothing is lost. Dying after
 it leaves the marker, so replayed input finds the query already captured: nothing is repeated.
-Only a crash in the milliseconds between the acknowledgement and the marker can repeat a job, and
-the capture consumers write idempotently by query_id, so even that duplicates no trace.
+A crash between the acknowledgement and the marker leaves a job without its marker; so after
+every rebalance, before it takes any event, a worker reads back ``capture-jobs`` past the last
+marked job of each partition it now owns (each marker records its job's offset) and marks what
+it finds. A job is repeated only if that read-back fails, and the capture consumers write
+idempotently by query_id, so even then no trace is duplicated.
 
 **Bounded tables.** ``waiting`` holds a query for at most ``timeout``; ``captured`` holds a
 marker for ``dedupe_window`` (default one hour: long past any redelivery), and only for captured
@@ -27,6 +30,7 @@ with the timeout; nothing can be captured without an experience.
 
 from __future__ import annotations
 
+import asyncio
 import struct
 import time
 from collections import deque
@@ -37,12 +41,13 @@ from typing import Any
 
 import faust
 import structlog
+from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Gauge
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tier3.schemas import Codec, DecodeError
 from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE, FEEDBACK
-from tier3.streams import faust_app
+from tier3.streams import faust_app, offsets
 from tier3.streams.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
 from tier3.streams.sampling import Policy, decide
 from tier3.streams.settings import KafkaSettings
@@ -53,6 +58,7 @@ log = structlog.get_logger("tier3.sampler")
 
 ROLE = "sampler"
 _HEAD = struct.Struct(">qi")  # deadline in ms since the epoch, partition
+_MARK = struct.Struct(">qiq")  # the same head, then the job's offset in capture-jobs
 _KIND_EXPERIENCE = b"E"
 _KIND_FEEDBACK = b"F"
 
@@ -118,6 +124,8 @@ class Sampler:
         self._due: dict[str, deque[tuple[int, bytes]]] = {"waiting": deque(), "captured": deque()}
         self._owned: set[int] | None = None
         self._decided = {"captured": 0, "skipped": 0}
+        self.settings = settings
+        self.captured.on_recover(self._on_recovered)
         app.agent(self.source, name=f"{app.conf.id}.join")(self._join)
         faust_app.every(app, config.sweep_every_s, self.sweep)
         faust_app.every(app, 2.0, self.report)
@@ -205,14 +213,18 @@ class Sampler:
                 "capture job not delivered", query_id=key.decode(), error=repr(sent.exception())
             )
             return
-        # Written even if a rebalance took the partition meanwhile: the new owner either read
-        # the marker in the changelog, or decides the query again (a repeat, never a loss).
-        expires = int((self.clock() + self.config.dedupe_window_s) * 1000)
-        faust_app.put(self.captured, partition, key, _head(expires, partition) + reason.encode())
-        self._due["captured"].append((expires, key))
-        faust_app.drop(self.waiting, partition, key)
+        self._mark_captured(partition, key, sent.result().offset, reason)
         JOBS_OUT.labels(reason).inc()
         self._count_decision("captured")
+
+    def _mark_captured(self, partition: int, key: bytes, job_offset: int, reason: str) -> None:
+        # Written even if a rebalance took the partition meanwhile: the new owner either reads
+        # the marker in the changelog or finds the job in capture-jobs (see ``_reconcile``).
+        expires = int((self.clock() + self.config.dedupe_window_s) * 1000)
+        marker = _MARK.pack(expires, partition, job_offset) + reason.encode()
+        faust_app.put(self.captured, partition, key, marker)
+        self._due["captured"].append((expires, key))
+        faust_app.drop(self.waiting, partition, key)
 
     def _count_decision(self, outcome: str) -> None:
         self._decided[outcome] += 1
@@ -265,6 +277,58 @@ class Sampler:
         experience = self.codec.decode(value[1 + _HEAD.size :]).record
         self._conclude(partition, key, experience, None)
 
+    async def _on_recovered(self) -> None:
+        """After a rebalance, before any event: settle the tables with what capture-jobs holds."""
+        owned = {
+            tp.partition
+            for tp in self.app.assignor.assigned_actives()
+            if tp.topic == self.experiences
+        }
+        self._rebuild(owned)
+        if owned:
+            latest = self._job_offsets(owned)
+            found = await asyncio.to_thread(self._unmarked_jobs, latest)
+            for partition, key, offset, reason in found:
+                if key not in self.captured.data:
+                    self._mark_captured(partition, key, offset, reason)
+            if found:
+                log.info("capture jobs found without their marker", count=len(found))
+
+    def _job_offsets(self, owned: set[int]) -> dict[int, int | None]:
+        """Per owned partition, the offset in capture-jobs of its latest marked job, if any."""
+        latest: dict[int, int | None] = dict.fromkeys(owned)
+        for value in self.captured.data.values():
+            _, partition, offset = _MARK.unpack_from(value)
+            if partition in latest and (latest[partition] or -1) < offset:
+                latest[partition] = offset
+        return latest
+
+    def _unmarked_jobs(self, latest: dict[int, int | None]) -> list[tuple[int, bytes, int, str]]:
+        """Jobs in capture-jobs after the latest marked one of each partition.
+
+        A worker that died between a job's acknowledgement and its marker's write left exactly
+        these behind; reading them back keeps their queries from being decided a second time.
+        Where a partition has no marker, the last ``dedupe_window`` is read.
+        """
+        topic = self.jobs.get_topic_name()
+        admin = AdminClient(self.settings.client_config())
+        ends = offsets.watermarks(admin, [(topic, p) for p in latest])
+        window_start = int((self.clock() - self.config.dedupe_window_s) * 1000)
+        unknown = [(topic, p) for p, offset in latest.items() if offset is None]
+        since = offsets.offsets_for_time(admin, unknown, window_start) if unknown else {}
+        ranges = []
+        for p, offset in latest.items():
+            low, high = ends[(topic, p)]
+            start = offset + 1 if offset is not None else since[(topic, p)]
+            if start < 0:  # nothing written since the window began
+                start = high
+            ranges.append(offsets.Range(topic, p, max(start, low), high))
+        found = []
+        for message in offsets.read_ranges(self.settings, ranges):
+            job = self.codec.decode(message.value(), expect=CAPTURE_JOB).record
+            found.append((message.partition(), message.key(), message.offset(), job["reason"]))
+        return found
+
     def _rebuild(self, owned: set[int]) -> None:
         """Re-read the tables after a rebalance: forget partitions given away, queue the rest."""
         for name, table in (("waiting", self.waiting), ("captured", self.captured)):
@@ -291,7 +355,6 @@ class Sampler:
         TABLE_ENTRIES.labels(ROLE, "waiting").set(len(self.waiting.data))
         TABLE_ENTRIES.labels(ROLE, "captured").set(len(self.captured.data))
         TABLE_ENTRIES.labels(ROLE, "in_flight").set(len(self.in_flight))
-        self.book.update_lag()
 
 
 def build(
