@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -16,6 +18,7 @@ from tier3.streams import widgets
 from tier3.streams.events import EventProducer
 from tier3.streams.settings import LocalSettings
 from tier3.streams.topics import TRACES, TRAINING_RESULTS
+from tier3.trainers.artifacts import RunArtifacts
 from tier3.trainers.gate import GateThresholds
 from tier3.trainers.release import Release, ReleaseConsumer, ReleaseOptions
 
@@ -82,6 +85,7 @@ def finished_run(kafka, tmp_path) -> tuple[LocalSettings, dict]:
         "eval_examples": len(QUERIES),
         "metrics": {"train_loss": 1.0},
     }
+    RunArtifacts(local.object_root, "tier3-student", "req-1").mark_complete(completed)
     return local, completed
 
 
@@ -137,3 +141,40 @@ def test_the_release_stage_evaluates_each_run_once_and_dead_letters_garbage(kafk
     stop = threading.Event()
     threading.Timer(8, stop.set).start()
     assert again.run(stop) == 0  # a replay of the same runs evaluates nothing twice
+
+
+def tier3(kafka, local: LocalSettings, *args: str) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TIER3_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+        "TIER3_TOPIC_PREFIX": kafka.topic_prefix,
+        "TIER3_HOME": str(local.home),
+        "TIER3_GATE_MIN_EXAMPLES": "3",
+        "COLUMNS": "200",  # rich wraps messages at the terminal's width
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tier3.streams", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_eval_and_deploy_commands_gate_a_run(kafka, finished_run):
+    local, _ = finished_run
+    model = ["--model", "tier3-student", "--request-id", "req-1"]
+
+    refused = tier3(kafka, local, "deploy", *model)
+    assert refused.returncode == 2 and "no EvalReport" in refused.stderr
+
+    evaluated = tier3(kafka, local, "eval", *model, "--max-examples", "2")
+    assert evaluated.returncode == 1, evaluated.stderr  # the gate failed: exit 1
+    assert "gate FAILED" in evaluated.stderr
+    report = json.loads(evaluated.stdout[evaluated.stdout.index("{") :])
+    assert report["examples"] == 2 and report["passed"] is False
+
+    refused = tier3(kafka, local, "deploy", *model)
+    assert refused.returncode == 1 and "did not pass the gate" in refused.stderr
+    assert [n for n, _ in read_events(kafka, TRAINING_RESULTS)] == [EVAL_REPORT]
