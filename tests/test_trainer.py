@@ -78,8 +78,8 @@ def trained(broker, student, tmp_path_factory):
     settings = fresh_settings(broker)
     home = tmp_path_factory.mktemp("home")
     local = LocalSettings(home=home)
-    # Long enough (tens of seconds on this CPU) to outlast max.poll.interval.ms below.
-    config = tiny_config(student, home / "training", max_steps=36, save_steps=12)
+    # Long enough to outlast max.poll.interval.ms below even on an idle machine (~10 s there).
+    config = tiny_config(student, home / "training", max_steps=120, save_steps=40, logging_steps=10)
     traces = publish_traces(settings, 40)
     # A second, newer version of one trace (the latest wins) and a deleted one (left out).
     newer = dict(
@@ -117,7 +117,7 @@ def test_request_ends_in_training_completed_with_artefacts(trained):
     assert done["request_id"] == trained["request"]["request_id"]
     assert done["train_examples"] + done["eval_examples"] == 39  # one of 40 was deleted
     assert done["eval_examples"] > 0
-    assert done["metrics"]["global_step"] == 36
+    assert done["metrics"]["global_step"] == 120
     assert "eval_loss" in done["metrics"]
     artifacts = RunArtifacts(trained["local"].object_root, MODEL, done["request_id"])
     assert artifacts.completed() == done
