@@ -92,6 +92,11 @@ def main() -> None:
         )
     )
 
+    # Leave the broker as it was: its topics are its memory.
+    names = [t for t in admin.list_topics(timeout=30).topics if t.startswith(prefix)]
+    for future in admin.delete_topics(names, operation_timeout=30).values():
+        future.result()
+
     base_rate = rows[0][2] / rows[0][1]
     print(
         f"machine: {platform.node()} ({os.cpu_count()} CPUs), {args.events} experiences, "
