@@ -132,6 +132,8 @@ class Publisher:
     def publish(self, event: str, key: str, record: Record) -> bool:
         """Queue one event for delivery. Returns at once: True if queued, False if not."""
         if self._producer is None:
+            if self._closed:
+                raise RuntimeError("publish() after close(): this publisher is closed")
             self.stats.disabled += 1
             return False
         if event not in self._topics:
@@ -179,10 +181,8 @@ class Publisher:
     def _send_forever(self) -> None:
         assert self._producer is not None
         producer, queue = self._producer, self._queue
-        while True:
+        while not self._closed:  # close() has flushed what it could; the rest is reported
             if not queue:
-                if self._closed:
-                    return
                 producer.poll(0.001)  # serves delivery reports while idle
             sent = 0
             while queue and sent < 10_000:
@@ -250,6 +250,9 @@ class Publisher:
         self._closed = True
         if self._sender is not None:
             self._sender.join(timeout=1.0)
+        # Dropping the client ends librdkafka's threads: a closed publisher must not go on
+        # reconnecting to a broker for the rest of the process's life.
+        self._producer = None
         if remaining:
             log.error("publisher closed with undelivered events", undelivered=remaining)
         return remaining

@@ -146,3 +146,10 @@ def test_metrics_expose_the_outcomes(kafka: KafkaSettings) -> None:
     text = generate_latest(registry).decode()
     assert 'tier3_publisher_events_total{outcome="delivered"} 1.0' in text
     assert 'tier3_publisher_events_total{outcome="dropped"} 0.0' in text
+
+
+def test_publish_after_close_is_refused(kafka: KafkaSettings) -> None:
+    publisher = Publisher(kafka, enabled=True)
+    publisher.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        publisher.publish_experience(SAMPLES["Experience"])
