@@ -49,7 +49,7 @@ def consume(settings, local, config, max_requests=1, **overrides):
     from tier3.trainers.training_run import TrainingRun
 
     worker = TrainerConsumer(
-        settings, TrainingRun(settings, local, config), group="trainers", **overrides
+        settings, TrainingRun(settings, local, config), group=group_of(settings), **overrides
     )
     stop = threading.Event()
     timer = threading.Timer(240, stop.set)  # a hung test fails instead of blocking the suite
@@ -61,10 +61,15 @@ def consume(settings, local, config, max_requests=1, **overrides):
     return worker
 
 
-def committed_offset(settings, group: str) -> int:
+def group_of(settings) -> str:
+    """A group per test: concurrent sessions on the shared broker must not rebalance each other."""
+    return f"trainers-{settings.topic_prefix}"
+
+
+def committed_offset(settings) -> int:
     from confluent_kafka import Consumer, TopicPartition
 
-    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group})
+    c = Consumer({"bootstrap.servers": settings.bootstrap_servers, "group.id": group_of(settings)})
     try:
         tp = TopicPartition(settings.topic(TRAINING_REQUESTS), 0)
         return c.committed([tp], timeout=10)[0].offset
@@ -127,7 +132,7 @@ def test_request_ends_in_training_completed_with_artefacts(trained):
 def test_offset_committed_and_member_never_evicted(trained):
     # Not a speed check: without this the test would not show what it claims.
     assert trained["elapsed"] > 6.0, "the run must outlast max.poll.interval.ms"
-    assert committed_offset(trained["settings"], "trainers") == 1
+    assert committed_offset(trained["settings"]) == 1
     # One assignment at start; an eviction during the run would have caused a second one.
     assert trained["worker"].rebalances == 1
 
@@ -209,7 +214,7 @@ def test_redelivered_request_is_not_trained_twice(trained):
     assert [o.trained for o in worker.outcomes] == [False]
     events = read_events(trained["settings"], TRAINING_RESULTS)
     assert [name for name, _ in events] == [TRAINING_COMPLETED]  # no second result either
-    assert committed_offset(trained["settings"], "trainers") == 2
+    assert committed_offset(trained["settings"]) == 2
 
 
 def test_too_few_traces_fail_clearly_and_write_nothing_as_done(kafka, student, tmp_path):
@@ -253,7 +258,7 @@ def test_undecodable_request_goes_to_dead_letters_and_the_consumer_goes_on(kafka
         letter.key, letter.value, {k: v.decode() for k, v in letter.headers.items()}
     ).reason
     assert [name for name, _ in read_events(kafka, TRAINING_RESULTS)] == [TRAINING_FAILED]
-    assert committed_offset(kafka, "trainers") == 2
+    assert committed_offset(kafka) == 2
 
 
 def test_merged_weights_on_request_load_as_a_plain_model(kafka, student, tmp_path):

@@ -129,7 +129,9 @@ def test_killed_trainer_resumes_from_its_last_checkpoint(kafka, tmp_path):
         min_train_examples=8,
     )
     artifacts = RunArtifacts(LocalSettings(home=tmp_path).object_root, MODEL, req["request_id"])
+    group = f"trainer-{kafka.topic_prefix}"  # not shared with concurrent test sessions
     command = [sys.executable, "-m", "tier3.streams", "run", "trainer", "--max-requests", "1"]
+    command += ["--group", group]
     first_log = tmp_path / "first.log"
     with first_log.open("wb") as sink:
         first = subprocess.Popen(command, env=env, stdout=sink, stderr=sink)
