@@ -220,7 +220,7 @@ class PartitionBook:
         )
 
     async def check(self) -> None:
-        self._update_lag()
+        await self._update_lag()
         progress = sum(self.read.values())
         if not self.ready() or self.lag == 0 or progress != self._last_progress:
             self._last_progress, self._idle_checks = progress, 0
@@ -240,20 +240,27 @@ class PartitionBook:
 
         await thread.call_thread(rejoin)
 
-    def _update_lag(self) -> None:
+    async def _update_lag(self) -> None:
         consumer = self.app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic in self.sources]
+        try:
+            # The broker's end offsets, not the fetcher's: a partition this worker has not
+            # fetched yet (just taken over, or stalled) has no watermark in the fetcher.
+            ends = await consumer.highwaters(*tps) if tps else {}
+        except Exception as exc:  # the broker is away: keep the last figures
+            log.warning("end offsets not available for lag", error=repr(exc))
+            return
         seen: set[tuple[str, str]] = set()
         total = 0
-        for tp in consumer.assignment():
-            if tp.topic not in self.sources:  # changelogs: read only while recovering
-                continue
-            try:
-                high = consumer.highwater(tp)
-            except Exception:  # the fetcher has no watermark for it yet
-                continue
+        for tp, high in ends.items():
             if high is None:
                 continue
-            lag = max(0, high - (self.read.get(tp, -1) + 1))
+            # Where reading stands: past the last event processed, or, for a partition not
+            # read yet here, the consumer's position (the committed offset it starts from).
+            position = self.read.get(tp, -1) + 1
+            if position == 0:
+                position = await consumer.position(tp) or 0
+            lag = max(0, high - position)
             labels = (tp.topic, str(tp.partition))
             CONSUMER_LAG.labels(self.role, *labels).set(lag)
             seen.add(labels)
