@@ -10,9 +10,8 @@ intermediate 8192, vocab 128256, tied embeddings), each in its own process:
   everything else TRL's defaults (fp32 weights loaded by TRL, bf16 autocast, gradient
   checkpointing on, batch 8 padded to its longest example, no packing);
 - ``tier3``: tier3's own ``load_base`` + ``sft_config`` + ``lora_config`` (bf16 weights, no
-  LoRA dropout,
-  padding-free BFD packing with sdpa, no gradient checkpointing, fused AdamW, 4 sequences of
-  2048 tokens per step).
+  LoRA dropout, padding-free BFD packing with flex_attention, no gradient checkpointing, fused
+  AdamW, 4 sequences of 2048 tokens per step).
 
 Reported per run: real (non-padding) tokens per second over the steps after a warm-up, MFU
 and peak GPU memory. MFU counts N = the parameters that take part in matrix products: every
@@ -365,7 +364,7 @@ def main() -> int:
         default=[],
         metavar="NAME:FIELD=VALUE,...",
         help="also run tier3 with these TrainerConfig overrides, "
-        "e.g. flex:attn_implementation=flex_attention",
+        "e.g. sdpa:attn_implementation=sdpa",
     )
     parser.add_argument(
         "--profile", action="store_true", help="profile 3 steps of each run (torch.profiler)"

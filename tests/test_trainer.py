@@ -294,3 +294,28 @@ def test_several_processes_train_under_torchrun(kafka, student, tmp_path):
     assert outcome.record["metrics"]["global_step"] == 3
     adapter = Path(outcome.record["adapter_uri"].removeprefix("file://"))
     assert (adapter / "adapter_config.json").is_file()
+
+
+def test_packed_examples_never_see_each_other(student):
+    """Padding-free packing puts several examples in one sequence; each must see only itself."""
+    import torch
+    from tier3.trainers.config import TrainerConfig
+    from tier3.trainers.sft import load_base
+
+    model, _ = load_base(TrainerConfig(base_model=str(student)), "cpu")
+    torch.manual_seed(1)
+    with torch.no_grad():  # random weights near zero give near-uniform outputs: make them bolder
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.5)
+    lengths = [37, 90, 5, 124]
+    ids = torch.randint(10, 600, (1, sum(lengths)))
+    positions = torch.cat([torch.arange(n) for n in lengths])[None]
+    with torch.no_grad():
+        packed = model(input_ids=ids, position_ids=positions, use_cache=False).logits
+        alone = torch.cat(
+            [model(input_ids=part, use_cache=False).logits for part in ids.split(lengths, dim=1)],
+            dim=1,
+        )
+        together = model(input_ids=ids, use_cache=False).logits  # one long example, for contrast
+    assert torch.allclose(packed, alone, atol=1e-4)
+    assert not torch.allclose(together, alone, atol=1e-2)

@@ -7,9 +7,10 @@ The choices, and why:
   chat template with ``{% generation %}`` markers; when the base's own template has none, TRL
   swaps in its training variant of the template.
 - Packing (TRL's best-fit-decreasing, which is padding-free: one flat sequence per batch with
-  ``position_ids`` restarting per example) keeps every token of a batch useful. It is correct
-  with ``sdpa`` attention because transformers turns packed ``position_ids`` into a
-  block-diagonal mask, so examples never attend to each other; no extra kernel package needed.
+  ``position_ids`` restarting per example) keeps every token of a batch useful. Transformers
+  turns packed ``position_ids`` into a block-diagonal mask, so examples never attend to each
+  other (a test checks it); on GPU ``flex_attention`` skips the masked-out blocks, which
+  ``sdpa`` would compute. No extra kernel package is needed.
 - bf16 and the fused AdamW on GPU; fp32 on CPU (tests). Gradient checkpointing only when asked:
   for a 1B base at 2048 tokens the activations fit an H100, and recomputing them costs ~30%.
 - Checkpoints every ``save_steps`` go to the run's local folder and, through a callback, to
@@ -127,7 +128,7 @@ def load_base(config: TrainerConfig, device: str) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(
             config.base_model,
             dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
-            attn_implementation=config.attn_implementation,
+            attn_implementation=cfg.attn_implementation,
         )
     except (OSError, ValueError) as exc:
         raise TrainingError(
