@@ -156,7 +156,7 @@ class ConfluentCodec:
             except Exception as exc:
                 raise DecodeError(f"schema id {schema_id} unknown to the registry: {exc}") from exc
             raw = json.loads(schema.schema_str)
-            found = (raw["name"].rsplit(".", 1)[-1], parse_schema(raw, _write_hint=False))
+            found = (raw["name"].rsplit(".", 1)[-1], parse_schema(raw))
             self._writers_by_id[schema_id] = found
         return found
 

@@ -57,7 +57,7 @@ class SchemaVersion:
 
 def _load(text: str, name: str, version: str) -> SchemaVersion:
     raw = json.loads(text)
-    parsed = parse_schema(raw, _write_hint=False)
+    parsed = parse_schema(raw)  # marked parsed: the writer then skips re-parsing per call
     canonical = to_parsing_canonical_form(raw)
     # fastavro returns the CRC-64-AVRO fingerprint as big-endian hex; the wire wants little-endian.
     fp = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))[::-1]
