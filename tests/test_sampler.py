@@ -7,6 +7,8 @@ that come out with what the policy says about the same events, computed here ind
 from __future__ import annotations
 
 import collections
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -22,7 +24,7 @@ from tier3.streams.simulate import SimulatedEvent, simulate
 from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES
 
 from tests.kafka_reading import read_all, read_events
-from tests.stream_workers import Worker, wait_for
+from tests.stream_workers import TIER3, Worker, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -51,6 +53,16 @@ def publish(
             time.sleep(max(0.0, start + i / rate - time.perf_counter()))
         assert publisher.publish(e.event, e.key, e.record)
     assert publisher.close() == 0
+
+
+def simulate_command(settings: KafkaSettings, *args: str) -> None:
+    """Publish traffic the way a user does: ``tier3 simulate``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIER3_")}
+    env.update(TIER3_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
+               TIER3_TOPIC_PREFIX=settings.topic_prefix)
+    done = subprocess.run([TIER3, "simulate", *args], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
 
 
 def jobs(settings: KafkaSettings) -> list[dict]:
@@ -82,11 +94,11 @@ def all_jobs_out(settings: KafkaSettings, expected: dict[str, str], timeout: flo
 def test_capture_jobs_are_exactly_what_the_policy_says(
     kafka: KafkaSettings, tmp_path: Path
 ) -> None:
-    events = list(simulate(300, seed=11))
+    events = list(simulate(300, seed=11))  # what `tier3 simulate -n 300 --seed 11` publishes
     expected = expected_jobs(events)
     worker = Worker(kafka, "sampler", tmp_path, "--timeout", TIMEOUT)
     try:
-        publish(kafka, events)
+        simulate_command(kafka, "-n", "300", "--seed", "11")
         wait_for(lambda: worker.metric("tier3_sampler_decisions_total") == 300, 90,
                  "a decision for each of the 300 queries")
         all_jobs_out(kafka, expected)
