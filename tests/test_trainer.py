@@ -43,13 +43,23 @@ def student() -> Path:
     return cached_tiny_student(TINY_CACHE)
 
 
-def consume(settings, local, config, max_requests=1, **overrides):
-    """Run the trainer group in this process until it has handled ``max_requests``."""
+def consume(settings, local, config, max_requests=1, linger_s=0.0, **overrides):
+    """Run the trainer group in this process until it has handled ``max_requests``.
+
+    ``linger_s`` keeps each request's worker busy that much longer after its real run, so the
+    run outlasts a short max.poll.interval.ms on a machine of any speed.
+    """
     from tier3.trainers.trainer_consumer import TrainerConsumer
     from tier3.trainers.training_run import TrainingRun
 
+    class LongerRun(TrainingRun):
+        def handle(self, request):
+            outcome = super().handle(request)
+            time.sleep(linger_s)
+            return outcome
+
     worker = TrainerConsumer(
-        settings, TrainingRun(settings, local, config), group=group_of(settings), **overrides
+        settings, LongerRun(settings, local, config), group=group_of(settings), **overrides
     )
     stop = threading.Event()
     timer = threading.Timer(240, stop.set)  # a hung test fails instead of blocking the suite
@@ -83,8 +93,7 @@ def trained(broker, student, tmp_path_factory):
     settings = fresh_settings(broker)
     home = tmp_path_factory.mktemp("home")
     local = LocalSettings(home=home)
-    # Long enough to outlast max.poll.interval.ms below even on an idle machine (~10 s there).
-    config = tiny_config(student, home / "training", max_steps=120, save_steps=40, logging_steps=10)
+    config = tiny_config(student, home / "training", max_steps=36, save_steps=12)
     traces = publish_traces(settings, 40)
     # A second, newer version of one trace (the latest wins) and a deleted one (left out).
     newer = dict(
@@ -98,8 +107,14 @@ def trained(broker, student, tmp_path_factory):
     publish_request(settings, req)
     # Training takes well over 6 s here: without pause-and-poll the member would be evicted.
     started = time.monotonic()
+    # The worker stays busy for over 8 s (the run, then 8 s more), beyond the 6 s allowed between
+    # polls: without pause-and-poll the member would be evicted.
     worker = consume(
-        settings, local, config, **{"max.poll.interval.ms": 6000, "session.timeout.ms": 6000}
+        settings,
+        local,
+        config,
+        linger_s=8.0,
+        **{"max.poll.interval.ms": 6000, "session.timeout.ms": 6000},
     )
     elapsed = time.monotonic() - started
     return {
@@ -122,7 +137,7 @@ def test_request_ends_in_training_completed_with_artefacts(trained):
     assert done["request_id"] == trained["request"]["request_id"]
     assert done["train_examples"] + done["eval_examples"] == 39  # one of 40 was deleted
     assert done["eval_examples"] > 0
-    assert done["metrics"]["global_step"] == 120
+    assert done["metrics"]["global_step"] == 36
     assert "eval_loss" in done["metrics"]
     artifacts = RunArtifacts(trained["local"].object_root, MODEL, done["request_id"])
     assert artifacts.completed() == done
