@@ -160,8 +160,9 @@ def parse_args() -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _ensure_tier3_importable()
+    from tier3.streams.training_requests import request_id
     from tier3.trainers.config import TrainerConfig
-    from tier3.trainers.dataset import build_dataset, request_id_for
+    from tier3.trainers.dataset import build_dataset
     from tier3.trainers.evaluate import held_out_from_traces
     from tier3.trainers.sft import device_type, train
 
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> dict:
     started = time.perf_counter()
     traces = synthetic_traces(args.queries, args.seed)
     ids = sorted(traces)
-    request = {"request_id": request_id_for("proof", ids), "model": "proof", "query_ids": ids}
+    request = {"request_id": request_id("proof", ids), "model": "proof", "query_ids": ids}
     student = build_student(work / "base", args.hidden, args.layers, args.seed)
     built = build_dataset(request, traces, args.eval_share, str(student))
     held_out = held_out_from_traces(built.manifest, traces)[: args.max_eval]

@@ -27,7 +27,6 @@ topic count old traces as new, so the counter keeps them all.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from tier3.streams import faust_app
 from tier3.streams.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
 from tier3.streams.settings import KafkaSettings
 from tier3.streams.topics import TRACES, TRAINING_REQUESTS
+from tier3.streams.training_requests import request_id
 
 log = structlog.get_logger("tier3.counter")
 
@@ -72,12 +72,6 @@ class CounterConfig:
     min_traces: int = 100
     model: str = "cc-widget-selector"
     resend_every_s: float = 1.0
-
-
-def request_id(model: str, query_ids: list[str]) -> str:
-    """The stable id of a request to train ``model`` on exactly these traces."""
-    text = "\n".join([model, *sorted(query_ids)])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def _batch_tag(model: str, number: int) -> bytes:

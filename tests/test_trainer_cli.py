@@ -69,7 +69,7 @@ def test_train_without_enough_traces_does_nothing(kafka, tmp_path):
 
 
 def test_train_force_publish_makes_the_counters_request(kafka, tmp_path):
-    from tier3.trainers.dataset import request_id_for
+    from tier3.streams.training_requests import request_id
 
     traces = publish_traces(kafka, 5)
     done = tier3("train", "--force", "--publish", env=tier3_env(kafka, tmp_path))
@@ -79,7 +79,7 @@ def test_train_force_publish_makes_the_counters_request(kafka, tmp_path):
     assert name == TRAINING_REQUESTED
     assert record["query_ids"] == ids
     assert record["trigger"] == "manual"
-    assert record["request_id"] == request_id_for(MODEL, ids)
+    assert record["request_id"] == request_id(MODEL, ids)
 
 
 def test_train_force_trains_here_and_prints_the_result(kafka, tmp_path):

@@ -60,10 +60,10 @@ def publish_traces(settings: KafkaSettings, count: int, seed: int = 7) -> list[d
 
 
 def request(model: str, query_ids: list[str], request_id: str | None = None) -> dict[str, Any]:
-    from tier3.trainers.dataset import request_id_for
+    from tier3.streams.training_requests import request_id as stable_id
 
     return {
-        "request_id": request_id or request_id_for(model, query_ids),
+        "request_id": request_id or stable_id(model, query_ids),
         "model": model,
         "requested_at": int(time.time() * 1000),
         "trigger": "threshold",

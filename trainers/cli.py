@@ -75,8 +75,8 @@ def train(
     from tier3.streams.events import EventProducer
     from tier3.streams.settings import KafkaSettings, LocalSettings
     from tier3.streams.topics import TRAINING_REQUESTS
+    from tier3.streams.training_requests import request_id
     from tier3.trainers.config import TrainerConfig
-    from tier3.trainers.dataset import request_id_for
     from tier3.trainers.traces_source import read_traces
     from tier3.trainers.training_run import TrainingRun
 
@@ -91,7 +91,7 @@ def train(
         )
         return
     request = {
-        "request_id": request_id_for(model, query_ids),
+        "request_id": request_id(model, query_ids),
         "model": model,
         "requested_at": int(time.time() * 1000),
         "trigger": "manual",

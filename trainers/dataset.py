@@ -43,16 +43,6 @@ def split_of(query_id: str, eval_share: float) -> Split:
     return "eval" if bucket < eval_share else "train"
 
 
-def request_id_for(model: str, query_ids: list[str]) -> str:
-    """A request's stable id: the same model and set of traces give the same id.
-
-    The same formula as the counter's (``tier3.streams.counter.request_id``), so a manual
-    request and a triggered one for the same traces are the same request.
-    """
-    text = "\n".join([model, *sorted(set(query_ids))])
-    return hashlib.sha256(text.encode()).hexdigest()[:32]
-
-
 def assistant_turn(thinking: str, answer: str) -> str:
     """What the student learns to say: the teacher's thinking, then its answer."""
     return f"<think>{thinking.strip()}</think>\n{answer.strip()}" if thinking.strip() else answer
