@@ -1,17 +1,27 @@
 """Read a whole topic, from its first offset to the end it had when reading began.
 
 Used by readers that need "everything so far" rather than a consumer group's share: the A/B
-comparison (experiences and feedback) and the deployment log (training-results). No group
-offsets are committed: these readers change nothing on the broker.
+comparison (experiences and feedback), the deployment log (training-results), the trainer's
+snapshot of the traces. No group offsets are committed: these readers change nothing on the
+broker. It is ``offsets.read_ranges`` over each partition's watermarks, so it shares that
+function's handling of a freshly created partition and of compacted logs whose last offsets hold
+no message.
 """
 
 from __future__ import annotations
 
-import time
-import uuid
 from collections.abc import Iterator
 
-from confluent_kafka import Consumer, Message, TopicPartition
+from confluent_kafka import Message
+from confluent_kafka.admin import AdminClient
+from tier3.streams.offsets import (
+    OffsetLookupError,
+    Range,
+    RangeReadError,
+    partitions_of,
+    read_ranges,
+    watermarks,
+)
 from tier3.streams.settings import KafkaSettings
 
 
@@ -21,34 +31,10 @@ def read_to_end(settings: KafkaSettings, topic: str, timeout: float = 30.0) -> I
     Raises ``TimeoutError`` if the end is not reached within ``timeout`` seconds.
     """
     full = settings.topic(topic)
-    c = Consumer(
-        {
-            **settings.client_config(),
-            "group.id": f"tier3-reader-{uuid.uuid4()}",
-            "enable.auto.commit": False,
-            "enable.partition.eof": False,
-            "log_level": 3,
-        }
-    )
+    admin = AdminClient(settings.client_config())
     try:
-        partitions = c.list_topics(full, timeout=timeout).topics[full].partitions
-        ends: dict[int, int] = {}
-        starts = []
-        for p in partitions:
-            low, high = c.get_watermark_offsets(TopicPartition(full, p), timeout=timeout)
-            if high > low:
-                ends[p] = high
-                starts.append(TopicPartition(full, p, low))
-        c.assign(starts)
-        deadline = time.monotonic() + timeout
-        while ends:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{full}: end not reached in {timeout}s ({len(ends)} left)")
-            msg = c.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            yield msg
-            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                ends.pop(msg.partition(), None)
-    finally:
-        c.close()
+        marks = watermarks(admin, partitions_of(admin, full))
+        ranges = [Range(full, p, lo, hi) for (_, p), (lo, hi) in marks.items() if hi > lo]
+        yield from read_ranges(settings, ranges, timeout)
+    except (RangeReadError, OffsetLookupError) as exc:
+        raise TimeoutError(str(exc)) from exc
