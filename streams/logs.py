@@ -9,6 +9,20 @@ import sys
 import structlog
 
 
+class _CurrentStderr:
+    """Whatever ``sys.stderr`` is when a line is written, not when logging was set up.
+
+    Loggers are cached on first use; bound to the stream of that moment, they would write to a
+    closed file once a test harness (or a daemon's redirection) swapped ``sys.stderr``.
+    """
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str | None = None, json_logs: bool | None = None) -> None:
     """Set up structlog and the standard library's logging once per process.
 
@@ -33,7 +47,7 @@ def configure_logging(level: str | None = None, json_logs: bool | None = None) -
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level_name)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),
         cache_logger_on_first_use=True,
     )
     logging.basicConfig(

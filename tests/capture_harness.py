@@ -67,8 +67,14 @@ def provider_settings(anthropic_url: str, ollama_url: str, **overrides: Any) -> 
 
 def build_worker(kafka: KafkaSettings, settings: CaptureSettings, root: str) -> CaptureConsumer:
     redactor = Redactor.configured(settings.redact_patterns) if settings.redact else None
-    return CaptureConsumer(kafka, settings, TraceStore(root), build_teacher(settings),
-                           build_student(settings), redactor)
+    return CaptureConsumer(
+        kafka,
+        settings,
+        TraceStore(root),
+        build_teacher(settings),
+        build_student(settings),
+        redactor,
+    )
 
 
 def run_until(worker: CaptureConsumer, done: Callable[[], bool], timeout: float = 60) -> None:
@@ -106,6 +112,19 @@ def end_offsets(kafka: KafkaSettings, topic: str = CAPTURE_JOBS) -> dict[int, in
         return {p: c.get_watermark_offsets(TopicPartition(full, p), timeout=10)[1] for p in parts}
     finally:
         c.close()
+
+
+def behind(kafka: KafkaSettings, group: str) -> dict[int, tuple[int, int]]:
+    """Partitions of capture-jobs whose committed offset is short of the end: (committed, end).
+
+    An empty partition has nothing to commit, so it is never behind.
+    """
+    done = committed(kafka, group)
+    return {
+        p: (done.get(p, -1), end)
+        for p, end in end_offsets(kafka).items()
+        if end > 0 and done.get(p) != end
+    }
 
 
 def latest_traces(kafka: KafkaSettings) -> dict[str, dict[str, Any]]:

@@ -21,9 +21,8 @@ from tier3.streams.topics import CAPTURE_JOBS, DLQ_SUFFIX
 from tier3.streams.widgets import parse_answer, reference_answer
 
 from tests.capture_harness import (
+    behind,
     build_worker,
-    committed,
-    end_offsets,
     latest_traces,
     make_job,
     provider_settings,
@@ -78,7 +77,7 @@ def test_every_job_gets_one_trace_in_store_and_topic(kafka: KafkaSettings, serve
     assert all(r["thinking"] == thinking for r in teacher.requests)
     assert all(r["format"]["required"] for r in student.requests)
     # Every job's offset is committed once it is traced.
-    assert committed(kafka, settings.group) == end_offsets(kafka)
+    assert behind(kafka, settings.group) == {}
 
 
 def test_teacher_retries_429_with_retry_after_500_and_529(kafka, servers, store_root):
@@ -92,8 +91,11 @@ def test_teacher_retries_429_with_retry_after_500_and_529(kafka, servers, store_
 
     run_until(worker, lambda: worker.traced >= 1)
 
-    asked = [t for r, t in zip(teacher.requests, teacher.arrivals, strict=True)
-             if "revenue by region" in r["messages"][0]["content"]]
+    asked = [
+        t
+        for r, t in zip(teacher.requests, teacher.arrivals, strict=True)
+        if "revenue by region" in r["messages"][0]["content"]
+    ]
     assert len(asked) == 4  # three failures, then the answer
     assert asked[1] - asked[0] >= 0.3  # retry-after honoured
     assert latest_traces(kafka)[job["query_id"]]["teacher_answer_valid"] is True
@@ -130,9 +132,7 @@ def test_student_failure_is_recorded_and_the_trace_kept(kafka, servers, store_ro
     assert trace["teacher_answer_valid"] is True
 
 
-def test_poison_jobs_go_to_the_dead_letter_topic_and_the_rest_goes_on(
-    kafka, servers, store_root
-):
+def test_poison_jobs_go_to_the_dead_letter_topic_and_the_rest_goes_on(kafka, servers, store_root):
     teacher, student = servers
     failing = make_job(1, query="show signups on a map")
     healthy = [make_job(i, query=f"show revenue total {i}") for i in range(5)]
@@ -155,15 +155,16 @@ def test_poison_jobs_go_to_the_dead_letter_topic_and_the_rest_goes_on(
     # Two job attempts, each one call plus one SDK retry.
     assert sum("signups on a map" in r["messages"][0]["content"] for r in teacher.requests) == 4
     assert set(latest_traces(kafka)) == {j["query_id"] for j in healthy}
-    assert committed(kafka, settings.group) == end_offsets(kafka)
+    assert behind(kafka, settings.group) == {}
 
 
 def test_in_flight_work_is_bounded_by_concurrency(kafka, store_root):
     with AnthropicServer(delay_s=0.3) as teacher, OllamaServer() as student:
         jobs = [make_job(i) for i in range(40)]
         publish_jobs(kafka, jobs)
-        worker = build_worker(kafka, provider_settings(teacher.url, student.url, concurrency=8),
-                              store_root)
+        worker = build_worker(
+            kafka, provider_settings(teacher.url, student.url, concurrency=8), store_root
+        )
 
         run_until(worker, lambda: worker.traced >= len(jobs))
 
@@ -219,7 +220,7 @@ def test_a_second_member_joining_mid_stream_loses_and_duplicates_nothing(kafka, 
     assert first.traced > 0 and second.traced > 0  # both did work
     latest = latest_traces(kafka)
     assert set(latest) == ids
-    assert committed(kafka, settings.group) == end_offsets(kafka)
+    assert behind(kafka, settings.group) == {}
 
 
 def test_metrics_tell_jobs_retries_dead_letters_tokens_and_latency(kafka, servers, store_root):

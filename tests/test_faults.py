@@ -96,12 +96,16 @@ class Pipeline:
         self.folder = folder
         self.store_root = folder / "objects"
         self.capture_env = capture_env
-        self.sampler = self.start_sampler()
-        self.counter = Worker(settings, "counter", folder, "--min-traces", str(MIN_TRACES))
-        self.capture = self.start_capture()
         self.published: list[str] = []
         self.expected: set[str] = set()
         self.faults: list[str] = []
+        self.sampler = self.start_sampler()
+        try:
+            self.counter = Worker(settings, "counter", folder, "--min-traces", str(MIN_TRACES))
+            self.capture = self.start_capture()
+        except BaseException:
+            self.sampler.stop()
+            raise
 
     def start_sampler(self) -> Worker:
         return Worker(self.settings, "sampler", self.folder, "--timeout", "2")
@@ -118,6 +122,27 @@ class Pipeline:
                 if decide(event.record, None, policy):
                     self.expected.add(event.key)
         time.sleep(0.5)
+
+    def wait_until_working(self, publisher: Publisher) -> None:
+        """Faults are injected into a running pipeline: wait until traffic has gone through it.
+
+        A stage that cannot reach the broker while it starts exits (deployments restart it:
+        docker-compose's ``restart: unless-stopped``); these tests are about faults that hit
+        stages already at work.
+        """
+        self.publish(60, seed=1000 + len(self.published), publisher=publisher)
+        publisher.flush(30)
+        wait_for(
+            lambda: self.sampler.metric("tier3_processor_events_total{") > 0,
+            120,
+            "the sampler at work",
+        )
+        wait_for(lambda: set(self.objects()) >= self.expected, 120, "the first traces")
+        wait_for(
+            lambda: self.counter.metric("tier3_processor_events_total{") > 0,
+            120,
+            "the counter at work",
+        )
 
     def objects(self) -> Counter[str]:
         return Counter(p.stem for p in self.store_root.rglob("*.json"))
@@ -217,6 +242,7 @@ def test_broker_stopped_and_restarted_mid_stream(own_broker: LocalBroker, tmp_pa
     pipeline = Pipeline(settings, tmp_path)
     publisher = Publisher(settings, enabled=True)
     try:
+        pipeline.wait_until_working(publisher)
         pipeline.publish(150, seed=21, publisher=publisher)
         assert publisher.flush(60) == 0
         own_broker.stop()
@@ -236,6 +262,7 @@ def test_broker_paused_like_a_network_partition(own_broker: LocalBroker, tmp_pat
     pipeline = Pipeline(settings, tmp_path)
     publisher = Publisher(settings, enabled=True)
     try:
+        pipeline.wait_until_working(publisher)
         pipeline.publish(150, seed=31, publisher=publisher)
         own_broker.signal(signal.SIGSTOP)
         pipeline.faults.append("broker paused (SIGSTOP) for 8 s mid-stream")
@@ -256,9 +283,9 @@ def test_sampler_and_capture_killed_mid_batch(broker: LocalBroker, tmp_path: Pat
         pipeline = Pipeline(settings, tmp_path, **_real_sdks(teacher, student))
         publisher = Publisher(settings, enabled=True)
         try:
+            pipeline.wait_until_working(publisher)
             pipeline.publish(200, seed=41, publisher=publisher)
             publisher.flush(30)
-            wait_for(lambda: len(pipeline.objects()) >= 5, 120, "the first traces")
             pipeline.sampler.kill()
             pipeline.capture.stop(signal.SIGKILL)
             pipeline.faults += ["sampler SIGKILL mid-batch", "capture SIGKILL, jobs in flight"]
