@@ -24,10 +24,14 @@ What both processors share lives here, once:
 
 from __future__ import annotations
 
+import os
 import ssl
+import sys
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 import structlog
@@ -193,6 +197,11 @@ class PartitionBook:
     its lag is above zero, the watchdog asks the group to rebalance, which starts it again.
     """
 
+    # Past these, a rebalance is not enough: the worker starts afresh (``restart_in_place``).
+    STUCK_NOT_READY_S = 60.0
+    TIMERS_SILENT_S = 60.0
+    REJOINS_BEFORE_RESTART = 3
+
     def __init__(self, app: faust.App, role: str, sources: list[str]) -> None:
         self.app = app
         self.role = role
@@ -202,7 +211,20 @@ class PartitionBook:
         self._lag_labels: set[tuple[str, str]] = set()
         self._last_progress = -1
         self._idle_checks = 0
+        self._rejoins = 0
+        self._not_ready_since: float | None = None
+        self._heartbeat = time.monotonic()
         app.timer(2.0, name=f"{app.conf.id}.partitions")(self.check)
+        threading.Thread(target=self._dead_mans_switch, name="tier3-watchdog", daemon=True).start()
+
+    def _dead_mans_switch(self) -> None:
+        """Restart the worker when its timers stop: seen after a restart's recovery, when the
+        tables were rebuilt and then neither the timers nor the stream ran again."""
+        while True:
+            time.sleep(5)
+            silent = time.monotonic() - self._heartbeat
+            if silent > self.TIMERS_SILENT_S:
+                restart_in_place(f"no timer has run for {silent:.0f}s")
 
     def owned_partitions(self, topic: str) -> set[int]:
         """Partitions of ``topic`` this worker owns, once settled (no rebalance or recovery)."""
@@ -213,22 +235,34 @@ class PartitionBook:
     def ready(self) -> bool:
         """True when the tables are recovered and no rebalance is going on."""
         recovery = self.app.tables.recovery
-        return (
-            not self.app.rebalancing
-            and recovery.completed.is_set()
-            and not recovery.in_recovery
-        )
+        return not self.app.rebalancing and recovery.completed.is_set() and not recovery.in_recovery
 
     async def check(self) -> None:
+        self._heartbeat = time.monotonic()
         await self._update_lag()
         progress = sum(self.read.values())
-        if not self.ready() or self.lag == 0 or progress != self._last_progress:
+        ready = self.ready()
+        now = time.monotonic()
+        if ready:
+            self._not_ready_since = None
+        elif self._not_ready_since is None:
+            self._not_ready_since = now
+        elif now - self._not_ready_since > self.STUCK_NOT_READY_S:
+            restart_in_place(f"not ready (recovery or rebalance) for {self.STUCK_NOT_READY_S:.0f}s")
+        if not ready or self.lag == 0 or progress != self._last_progress:
+            if progress != self._last_progress:
+                self._rejoins = 0
             self._last_progress, self._idle_checks = progress, 0
             return
         self._idle_checks += 1
         if self._idle_checks >= 2:
+            if self._rejoins >= self.REJOINS_BEFORE_RESTART:
+                restart_in_place(
+                    f"idle while lagging ({self.lag}) after {self._rejoins} rebalances"
+                )
             log.warning("stream idle while lagging; asking the group to rebalance", lag=self.lag)
             self._idle_checks = 0
+            self._rejoins += 1
             await self._rejoin()
 
     async def _rejoin(self) -> None:
@@ -281,7 +315,34 @@ def every(app: faust.App, seconds: float, fun: Callable[[], None]) -> None:
     app.timer(seconds, name=f"{app.conf.id}.{fun.__qualname__}")(tick)
 
 
+def restart_in_place(reason: str) -> NoReturn:
+    """Start this worker afresh in the same process (``exec``): same pid, clean Faust state.
+
+    The cure for the stalls above, and for a worker that could not reach the broker while it
+    started: what a supervisor would do, without one, and without leaving a child behind when
+    the process is killed. Tables recover from their changelogs as after any restart. Repeated
+    restarts back off, up to 30 s apart.
+    """
+    restarts = int(os.environ.get("TIER3_WORKER_RESTARTS", "0"))
+    delay = min(30.0, 2.0**restarts)
+    log.error("restarting the worker", reason=reason, restarts=restarts, after_s=delay)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(delay)
+    os.environ["TIER3_WORKER_RESTARTS"] = str(restarts + 1)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
 def run_worker(app: faust.App, loglevel: str = "warning") -> None:
-    """Run the app's worker in this process until SIGINT or SIGTERM (then stop cleanly)."""
+    """Run the app's worker in this process until SIGINT or SIGTERM (then stop cleanly).
+
+    A worker that ends with an error (the broker unreachable at start-up, say) starts again.
+    """
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        # A stop asked for by SIGTERM or SIGINT is not a failure: only the others restart.
+        if exc.code not in (0, None) and worker._signal_stop_time is None:
+            restart_in_place(f"the worker exited with {exc.code}")
+        raise

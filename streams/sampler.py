@@ -118,7 +118,7 @@ class Sampler:
         self.dead_letters = DeadLetters(app, ROLE, [self.experiences, self.feedback])
         self.book = PartitionBook(app, ROLE, [self.experiences, self.feedback])
         # Jobs sent but not yet acknowledged: their query is decided, though no table says so yet.
-        self.in_flight: set[bytes] = set()
+        self.in_flight: dict[bytes, float] = {}  # job key → when it was handed to Faust
         # Deadlines in the order they fall due, per table; rebuilt from the table after a
         # rebalance, appended to as entries are written (deadlines only grow, so they stay sorted).
         self._due: dict[str, deque[tuple[int, bytes]]] = {"waiting": deque(), "captured": deque()}
@@ -199,14 +199,14 @@ class Sampler:
             "confidence": experience["confidence"],
             "rating": feedback["rating"] if feedback else None,
         }
-        self.in_flight.add(key)
+        self.in_flight[key] = time.monotonic()
         sent = self.jobs.send_soon(
             key=key, value=self.codec.encode(CAPTURE_JOB, job), partition=partition
         )
         sent.add_done_callback(partial(self._job_acknowledged, partition, key, reason))
 
     def _job_acknowledged(self, partition: int, key: bytes, reason: str, sent: Any) -> None:
-        self.in_flight.discard(key)
+        self.in_flight.pop(key, None)
         if sent.cancelled() or sent.exception() is not None:
             # The query still waits in the table, so the sweep decides it again at its deadline.
             log.error(
@@ -355,6 +355,18 @@ class Sampler:
         TABLE_ENTRIES.labels(ROLE, "waiting").set(len(self.waiting.data))
         TABLE_ENTRIES.labels(ROLE, "captured").set(len(self.captured.data))
         TABLE_ENTRIES.labels(ROLE, "in_flight").set(len(self.in_flight))
+        # After a restart's recovery, faust-streaming 0.15 has been seen to hold jobs handed to
+        # send_soon() forever: nothing acknowledged, nothing decided after. A job is a small
+        # record that the broker acknowledges in milliseconds, so half a minute means stuck.
+        oldest = min(self.in_flight.values(), default=None)
+        if oldest is not None and time.monotonic() - oldest > UNACKNOWLEDGED_RESTART_S:
+            faust_app.restart_in_place(
+                f"{len(self.in_flight)} capture jobs unacknowledged for "
+                f"{UNACKNOWLEDGED_RESTART_S:.0f}s"
+            )
+
+
+UNACKNOWLEDGED_RESTART_S = 30.0
 
 
 def build(
