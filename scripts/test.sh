@@ -17,8 +17,8 @@ if [ -x scripts/build-ollama.sh ]; then
   scripts/build-ollama.sh || echo "warning: no Ollama binary; the deploy tests will say why they skip" >&2
 fi
 
-.venv/bin/tier3 broker start --home .tier3-test --port 19092
-trap '.venv/bin/tier3 broker stop --home .tier3-test --port 19092 || true' EXIT
+.venv/bin/tier3 broker start --home ${TIER3_TEST_HOME:-.tier3-test} --port ${TIER3_TEST_BROKER_PORT:-19092}
+trap '.venv/bin/tier3 broker stop --home ${TIER3_TEST_HOME:-.tier3-test} --port ${TIER3_TEST_BROKER_PORT:-19092} || true' EXIT
 
 set +e
 .venv/bin/python -m pytest "$@"
