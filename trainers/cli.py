@@ -30,6 +30,12 @@ def run_trainer(
     max_requests: Annotated[
         int | None, typer.Option(help="Exit after this many requests (default: run until stopped).")
     ] = None,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            help="Serve Prometheus metrics on this port (0: off).", envvar="TIER3_METRICS_PORT"
+        ),
+    ] = 0,
 ) -> None:
     """Train the student on each request from training-requests, once per request id.
 
@@ -39,11 +45,15 @@ def run_trainer(
     crash resumes from its last checkpoint. Configure with TIER3_TRAIN_* (base model, LoRA,
     batch size, ...). SIGTERM/SIGINT stop it; an interrupted run resumes on the next start.
     """
+    from tier3.streams.logs import configure_logging
+    from tier3.streams.metrics import serve_metrics
     from tier3.streams.settings import KafkaSettings, LocalSettings
     from tier3.trainers.config import TrainerConfig
     from tier3.trainers.trainer_consumer import TrainerConsumer
     from tier3.trainers.training_run import TrainingRun
 
+    configure_logging()
+    serve_metrics(metrics_port)
     kafka = KafkaSettings()
     worker = TrainerConsumer(
         kafka, TrainingRun(kafka, LocalSettings(), TrainerConfig()), group=group

@@ -24,6 +24,7 @@ from typing import Any
 
 import structlog
 from confluent_kafka import Consumer, KafkaException, Message, TopicPartition
+from prometheus_client import Counter, Gauge
 from tier3.schemas import DecodeError
 from tier3.schemas.registry import TRAINING_REQUESTED
 from tier3.streams.dead_letters import send_dead_letter
@@ -33,6 +34,14 @@ from tier3.streams.topics import TRAINING_REQUESTS
 from tier3.trainers.training_run import Outcome, TrainingRun
 
 log = structlog.get_logger(__name__)
+
+REQUESTS = Counter(
+    "tier3_trainer_requests",
+    "Training requests handled, by result event and whether trained now",
+    ["result", "trained"],
+)
+TRAINING = Gauge("tier3_trainer_training", "1 while a training run is going on")
+LAST_RUN = Gauge("tier3_trainer_last_run", "Metrics of the last finished run", ["metric"])
 
 DEFAULT_GROUP = "tier3-trainer"
 
@@ -90,10 +99,17 @@ class TrainerConsumer:
             if self.producer.flush(30) == 0:
                 self._commit(msg)
             return False
-        outcome = self._run_paused(request, stop)
+        TRAINING.set(1)
+        try:
+            outcome = self._run_paused(request, stop)
+        finally:
+            TRAINING.set(0)
         if outcome is None:  # stopping mid-run: leave the offset; the checkpoint resumes it
             return False
         self.outcomes.append(outcome)
+        REQUESTS.labels(outcome.event, "trained" if outcome.trained else "already_done").inc()
+        for name, value in outcome.record.get("metrics", {}).items():
+            LAST_RUN.labels(name).set(value)
         self._commit(msg)
         return True
 

@@ -1,0 +1,46 @@
+"""`tier3 run trainer --metrics-port` serves the trainer's Prometheus metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+from tier3.streams.settings import KafkaSettings
+
+from .stream_workers import free_port, wait_for
+
+
+def _scrape(port: int) -> str:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            return r.read().decode()
+    except OSError:
+        return ""
+
+
+def test_the_trainer_serves_its_metrics(kafka: KafkaSettings, tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIER3_")}
+    env.update(
+        TIER3_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+        TIER3_TOPIC_PREFIX=kafka.topic_prefix,
+        TIER3_HOME=str(tmp_path),
+    )
+    tier3 = str(Path(sys.executable).with_name("tier3"))
+    process = subprocess.Popen(
+        [tier3, "run", "trainer", "--metrics-port", str(port), "--group", f"m{port}"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        text = wait_for(lambda: _scrape(port), 60, "the metrics endpoint")
+        assert "tier3_trainer_training 0.0" in text
+        assert "# HELP tier3_trainer_requests_total" in text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)
