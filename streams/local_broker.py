@@ -53,6 +53,14 @@ def _java_major(java: str) -> int:
     return int(match.group(2)) if major == 1 and match.group(2) else major
 
 
+def _listening(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def ensure_jars(cache: Path | None = None) -> Path:
     """The folder of Kafka's jars, fetched with Maven on first use."""
     libs = (cache or default_cache()) / "libs"
@@ -237,6 +245,12 @@ class LocalBroker:
             return self._start_locked(timeout)
 
     def _start_locked(self, timeout: float) -> str:
+        for port in (self.port, self._controller_port):
+            if _listening(port):  # another broker (another home) or another program
+                raise BrokerError(
+                    f"port {port} on 127.0.0.1 is taken by a process that is not the broker "
+                    f"under {self.root}: stop it, or choose another port (--port)"
+                )
         java = _require(
             "java", "install a Java 17+ runtime (Debian: apt-get install openjdk-17-jre-headless)"
         )
