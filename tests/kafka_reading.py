@@ -27,9 +27,11 @@ def _watermarks(c: Consumer, tp: TopicPartition, timeout: float) -> tuple[int, i
         try:
             return c.get_watermark_offsets(tp, timeout=timeout)
         except KafkaException as exc:
+            # A fresh partition, or a broker just back from a pause, answers these for a moment.
             retriable = exc.args[0].code() in (
                 KafkaError.NOT_LEADER_FOR_PARTITION,
                 KafkaError.LEADER_NOT_AVAILABLE,
+                KafkaError._UNKNOWN_PARTITION,
             )
             if not retriable or time.monotonic() > deadline:
                 raise
