@@ -65,7 +65,7 @@ from tier3.streams import offsets
 from tier3.streams.dead_letters import HEADER_TYPE, DeadLetter
 from tier3.streams.events import EventProducer, codec_of
 from tier3.streams.offsets import Range, read_ranges
-from tier3.streams.sampling import Policy, decide
+from tier3.streams.sampling import Policy, capture_job, decide
 from tier3.streams.settings import KafkaSettings
 from tier3.streams.topics import (
     CAPTURE_JOBS,
@@ -191,24 +191,6 @@ def resolve(admin: AdminClient, topic: str, window: Window) -> list[Range]:
             end = min(end, window.to_offset)
         ranges.append(Range(tp[0], tp[1], start, max(start, end)))
     return ranges
-
-
-def capture_job(
-    experience: dict[str, Any], feedback: dict[str, Any] | None, reason: str, created_at_ms: int
-) -> dict[str, Any]:
-    """The CaptureJob for an experience (and its feedback), as the sampler writes it."""
-    return {
-        "query_id": experience["query_id"],
-        "created_at": created_at_ms,
-        "reason": reason,
-        "query": experience["query"],
-        "context": experience["context"],
-        "original_response": experience["response"],
-        "original_model": experience["model"],
-        "model_variant": experience["model_variant"],
-        "confidence": experience["confidence"],
-        "rating": feedback["rating"] if feedback else None,
-    }
 
 
 class _Pacer:

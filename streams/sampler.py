@@ -49,7 +49,7 @@ from tier3.schemas import Codec, DecodeError
 from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE, FEEDBACK
 from tier3.streams import faust_app, offsets
 from tier3.streams.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
-from tier3.streams.sampling import Policy, decide
+from tier3.streams.sampling import Policy, capture_job, decide
 from tier3.streams.settings import KafkaSettings
 from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES
 from tier3.streams.topics import FEEDBACK as FEEDBACK_TOPIC
@@ -187,18 +187,7 @@ class Sampler:
             faust_app.drop(self.waiting, partition, key)
             self._count_decision("skipped")
             return
-        job = {
-            "query_id": experience["query_id"],
-            "created_at": int(self.clock() * 1000),
-            "reason": reason,
-            "query": experience["query"],
-            "context": experience["context"],
-            "original_response": experience["response"],
-            "original_model": experience["model"],
-            "model_variant": experience["model_variant"],
-            "confidence": experience["confidence"],
-            "rating": feedback["rating"] if feedback else None,
-        }
+        job = capture_job(experience, feedback, reason, int(self.clock() * 1000))
         self.in_flight[key] = time.monotonic()
         sent = self.jobs.send_soon(
             key=key, value=self.codec.encode(CAPTURE_JOB, job), partition=partition

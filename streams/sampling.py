@@ -91,3 +91,21 @@ def decide(
     if low is not None and feedback is not None and feedback["rating"] <= low:
         return LOW_RATING
     return None
+
+
+def capture_job(
+    experience: dict[str, Any], feedback: dict[str, Any] | None, reason: str, created_at_ms: int
+) -> dict[str, Any]:
+    """The CaptureJob for an experience (and its feedback): what the sampler and replay emit."""
+    return {
+        "query_id": experience["query_id"],
+        "created_at": created_at_ms,
+        "reason": reason,
+        "query": experience["query"],
+        "context": experience["context"],
+        "original_response": experience["response"],
+        "original_model": experience["model"],
+        "model_variant": experience["model_variant"],
+        "confidence": experience["confidence"],
+        "rating": feedback["rating"] if feedback else None,
+    }
