@@ -220,6 +220,7 @@ def demo(
     finally:
         d.stop_all()
     console.rule("[bold green]demo done")
+    console.print(f"The broker keeps running: `tier3 broker stop --port {port}` stops it.")
     console.print(
         f"Logs of every stage: {run_dir}\n"
         f"See it all again: TIER3_TOPIC_PREFIX={settings.topic_prefix} "
