@@ -44,3 +44,35 @@ def test_the_trainer_serves_its_metrics(kafka: KafkaSettings, tmp_path: Path) ->
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+
+
+def test_the_release_stage_serves_its_metrics(kafka: KafkaSettings, tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIER3_")}
+    env.update(
+        TIER3_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
+        TIER3_TOPIC_PREFIX=kafka.topic_prefix,
+        TIER3_HOME=str(tmp_path),
+    )
+    tier3 = str(Path(sys.executable).with_name("tier3"))
+    process = subprocess.Popen(
+        [
+            tier3,
+            "run",
+            "release",
+            "--no-deploy",
+            "--metrics-port",
+            str(port),
+            "--group",
+            f"r{port}",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        text = wait_for(lambda: _scrape(port), 60, "the metrics endpoint")
+        assert "process_cpu_seconds_total" in text
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(60)

@@ -245,6 +245,14 @@ def rollback_cmd(
     console.print(f"rolled back; now serving {serving}")
 
 
+MetricsPortOpt = Annotated[
+    int,
+    typer.Option(
+        help="Serve Prometheus metrics on this port (0: off).", envvar="TIER3_METRICS_PORT"
+    ),
+]
+
+
 def run_release(
     deploy_models: Annotated[
         bool, typer.Option("--deploy/--no-deploy", help="Deploy runs that pass the gate.")
@@ -253,15 +261,18 @@ def run_release(
     ollama_host: HostOpt = None,
     group: Annotated[str, typer.Option(help="Consumer group id.")] = "tier3-release",
     max_runs: Annotated[int | None, typer.Option(help="Exit after this many runs.")] = None,
+    metrics_port: MetricsPortOpt = 0,
 ) -> None:
     """Evaluate every finished training run, gate it, and deploy it when it passes.
 
     Consumes TrainingCompleted from training-results; each run is evaluated once (a run that
     already has an EvalReport is skipped on redelivery or replay).
     """
+    from tier3.streams.metrics import serve_metrics
     from tier3.streams.settings import KafkaSettings, LocalSettings
     from tier3.trainers.release import Release, ReleaseConsumer, ReleaseOptions
 
+    serve_metrics(metrics_port)
     options = ReleaseOptions(ollama_name=ollama_name)
     if deploy_models:
         options.ollama_client = _ollama(ollama_host)
@@ -278,21 +289,30 @@ def run_ab_guard(
     min_ratings: Annotated[int, typer.Option(help="Ratings per arm before testing.")] = 30,
     alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
     once: Annotated[bool, typer.Option("--once", help="Compare once and exit.")] = False,
+    metrics_port: MetricsPortOpt = 0,
 ) -> None:
     """Watch the A/B ratings; roll the student back when it is rated significantly worse.
 
     Compares user ratings of the student and teacher arms since the current deployment with a
     Mann-Whitney U test; rolls back when the student's mean is lower and p < --alpha.
     """
+    from prometheus_client import Counter, Gauge
     from tier3.streams.ab_test import guard_once
+    from tier3.streams.metrics import serve_metrics
     from tier3.streams.settings import KafkaSettings
 
+    checks = Gauge("tier3_ab_guard_last_check_seconds", "When the A/B ratings were last compared")
+    rollbacks = Counter("tier3_ab_guard_rollbacks", "Rollbacks the A/B guard made")
+    serve_metrics(metrics_port)
     kafka, model = KafkaSettings(), _model(model)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     while True:
         result, rolled_back = guard_once(kafka, model, min_ratings=min_ratings, alpha=alpha)
+        checks.set_to_current_time()
+        if rolled_back:
+            rollbacks.inc()
         console.print(("[red]ROLLED BACK[/red] " if rolled_back else "") + result.summary())
         if once or stop.wait(interval):
             return
