@@ -1,4 +1,4 @@
-"""`tier3 run trainer --metrics-port` serves the trainer's Prometheus metrics."""
+"""`tier3 run trainer|release --metrics-port` serve their Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -22,57 +22,34 @@ def _scrape(port: int) -> str:
         return ""
 
 
-def test_the_trainer_serves_its_metrics(kafka: KafkaSettings, tmp_path: Path) -> None:
+def _metrics_of(kafka: KafkaSettings, home: Path, *stage: str) -> str:
+    """Start ``tier3 run <stage...>`` with a metrics port, return its first scrape, stop it."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TIER3_")}
     env.update(
         TIER3_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
         TIER3_TOPIC_PREFIX=kafka.topic_prefix,
-        TIER3_HOME=str(tmp_path),
+        TIER3_HOME=str(home),
     )
     tier3 = str(Path(sys.executable).with_name("tier3"))
     process = subprocess.Popen(
-        [tier3, "run", "trainer", "--metrics-port", str(port), "--group", f"m{port}"],
+        [tier3, "run", *stage, "--metrics-port", str(port), "--group", f"m{port}"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
     try:
-        text = wait_for(lambda: _scrape(port), 60, "the metrics endpoint")
-        assert "tier3_trainer_training 0.0" in text
-        assert "# HELP tier3_trainer_requests_total" in text
+        return wait_for(lambda: _scrape(port), 60, "the metrics endpoint")
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(60)
+
+
+def test_the_trainer_serves_its_metrics(kafka: KafkaSettings, tmp_path: Path) -> None:
+    text = _metrics_of(kafka, tmp_path, "trainer")
+    assert "tier3_trainer_training 0.0" in text
+    assert "# HELP tier3_trainer_requests_total" in text
 
 
 def test_the_release_stage_serves_its_metrics(kafka: KafkaSettings, tmp_path: Path) -> None:
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIER3_")}
-    env.update(
-        TIER3_BOOTSTRAP_SERVERS=kafka.bootstrap_servers,
-        TIER3_TOPIC_PREFIX=kafka.topic_prefix,
-        TIER3_HOME=str(tmp_path),
-    )
-    tier3 = str(Path(sys.executable).with_name("tier3"))
-    process = subprocess.Popen(
-        [
-            tier3,
-            "run",
-            "release",
-            "--no-deploy",
-            "--metrics-port",
-            str(port),
-            "--group",
-            f"r{port}",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        text = wait_for(lambda: _scrape(port), 60, "the metrics endpoint")
-        assert "process_cpu_seconds_total" in text
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+    assert "process_cpu_seconds_total" in _metrics_of(kafka, tmp_path, "release", "--no-deploy")
