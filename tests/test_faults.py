@@ -276,11 +276,6 @@ def test_broker_paused_like_a_network_partition(own_broker: LocalBroker, tmp_pat
     pipeline.check_end_state("broker paused")
 
 
-# Known defect, not fixed: faust-streaming 0.15 often freezes a sampler restarted after SIGKILL
-# right after its changelog recovery (no timer, log or metric runs again), so the jobs of the
-# queries it held are not emitted. Issue 3 stays open for it; this test shows it when it happens.
-@pytest.mark.xfail(reason="restarted Faust sampler can freeze after recovery (issue 3)",
-                   strict=False)
 def test_sampler_and_capture_killed_mid_batch(broker: LocalBroker, tmp_path: Path) -> None:
     settings = fresh_settings(broker)
     # A teacher that takes 0.5 s keeps jobs in flight when the capture process dies.

@@ -140,11 +140,6 @@ def test_capture_switch_off_emits_no_jobs(kafka: KafkaSettings, tmp_path: Path) 
         worker.stop()
 
 
-# Known defect, not fixed: faust-streaming 0.15 often freezes a sampler restarted after SIGKILL
-# right after its changelog recovery (no timer, log or metric runs again), so the jobs of the
-# queries it held are not emitted. Issue 3 stays open for it; this test shows it when it happens.
-@pytest.mark.xfail(reason="restarted Faust sampler can freeze after recovery (issue 3)",
-                   strict=False)
 def test_killed_worker_restarts_without_losing_or_repeating_jobs(
     kafka: KafkaSettings, tmp_path: Path
 ) -> None:
