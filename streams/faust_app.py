@@ -222,11 +222,10 @@ class DeadLetters:
 class PartitionBook:
     """Which partitions this worker owns, how far it has read each one, and its consumer lag.
 
-    Every two seconds it publishes the lag of each source partition and watches for a stall.
-    faust-streaming 0.15 can leave a worker idle after its first recovery from a changelog
-    (assigned, "ready", lagging, and fetching nothing; seen after a crash and restart) until
-    the next rebalance. So when a ready worker reads nothing for two checks in a row while
-    its lag is above zero, the watchdog asks the group to rebalance, which starts it again.
+    Every two seconds it publishes the lag of each source partition and watches for a stall:
+    when a ready worker reads nothing for two checks in a row while its lag is above zero, it
+    asks the group to rebalance. A safety net: the stall it was written for (a worker restarted
+    after a crash reading nothing) had its cause in Faust's seek, fixed by ``_perform_seek``.
     """
 
     # Past these, a rebalance is not enough: the worker starts afresh (``restart_in_place``).

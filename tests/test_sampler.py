@@ -173,16 +173,19 @@ def test_two_workers_share_the_partitions_and_a_rebalance_loses_nothing(
     events = list(simulate(600, seed=31))
     expected = expected_jobs(events)
     one = Worker(kafka, "sampler", tmp_path, "--timeout", TIMEOUT)
-    two = Worker(kafka, "sampler", tmp_path, "--timeout", TIMEOUT)
+    two = None
     try:
-        # Both in the group before traffic (see docs/stream-processing.md on late joiners).
-        wait_for(lambda: owned(one) and owned(two) and owned(one) + owned(two) == 6, 90,
+        wait_for(lambda: owned(one) == 6, 90, "the first worker to own the six source partitions")
+        publish(kafka, events[:150], rate=300)
+        # The second joins while the first holds state and traffic flows.
+        two = Worker(kafka, "sampler", tmp_path, "--timeout", TIMEOUT)
+        publish(kafka, events[150:300], rate=300)
+        wait_for(lambda: owned(two) and owned(one) + owned(two) == 6, 90,
                  "the two workers to share the six source partitions")
-        publish(kafka, events[:300], rate=300)
+        publish(kafka, events[300:400], rate=300)
         wait_for(lambda: all(w.metric("tier3_processor_events_total{outcome=") > 0
                              for w in (one, two)), 60, "both workers to process events")
         # The first worker leaves mid-stream; the second takes over its partitions and state.
-        publish(kafka, events[300:400], rate=300)
         assert one.stop() == 0
         publish(kafka, events[400:], rate=300)
         wait_for(lambda: owned(two) == 6, 60, "the second worker to own every partition")
@@ -192,7 +195,8 @@ def test_two_workers_share_the_partitions_and_a_rebalance_loses_nothing(
         assert_exactly(kafka, expected)
     finally:
         one.stop()
-        two.stop()
+        if two:
+            two.stop()
 
 
 def owned(worker: Worker) -> int:
