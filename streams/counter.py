@@ -44,13 +44,12 @@ from tier3.schemas.registry import TRACE, TRAINING_REQUESTED
 from tier3.streams import faust_app
 from tier3.streams.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
 from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import TRACES, TRAINING_REQUESTS
+from tier3.streams.topics import COUNTER_NEW_TRACES, TRACES, TRAINING_REQUESTS
 from tier3.streams.training_requests import request_id
 
 log = structlog.get_logger("tier3.counter")
 
 ROLE = "counter"
-NEW_TRACES = "counter.new-traces"  # the counter's internal topic, under the topic prefix
 
 REQUESTS_OUT = Counter(
     "tier3_counter_training_requests", "Training requests acknowledged by the broker", ["model"]
@@ -94,7 +93,7 @@ class Count:
         self.codec = codec
         self.clock = clock
         self.traces = settings.topic(TRACES)
-        self.new_traces_name = settings.topic(NEW_TRACES)
+        self.new_traces_name = settings.topic(COUNTER_NEW_TRACES)
         self.source = faust_app.raw_topic(app, self.traces)
         self.new_traces = faust_app.raw_topic(
             app, self.new_traces_name, partitions=1, internal=True,

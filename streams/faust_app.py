@@ -42,7 +42,7 @@ from faust.types import TP
 from prometheus_client import Counter, Gauge
 from tier3.streams.dead_letters import dead_letter_headers
 from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import DLQ_SUFFIX
+from tier3.streams.topics import DLQ_SUFFIX, TopicSpec, create_named_topics
 
 log = structlog.get_logger("tier3.faust")
 
@@ -159,6 +159,26 @@ def make_app(
         **overrides,
     )
     return app
+
+
+def create_internal_topics(app: faust.App, settings: KafkaSettings) -> None:
+    """Create the app's changelog and leader topics before its worker starts.
+
+    Faust creates them itself as the worker starts, but does not wait until the broker's
+    metadata shows them: a group that forms before then leaves the topic out of the assignment
+    ("Ignoring missing topic"), so a table's changelog is not recovered, or an agent never reads.
+    Seen here on a loaded broker; creating them first, and waiting for leaders, rules it out.
+    """
+    compacted = {"cleanup.policy": "compact"}
+    specs = {
+        table.changelog_topic_name: TopicSpec(
+            table.changelog_topic_name, table.partitions or settings.partitions, compacted
+        )
+        for table in app.tables.values()
+    }
+    leader = f"{app.conf.id}-__assignor-__leader"
+    specs[leader] = TopicSpec(leader, 1)
+    create_named_topics(settings, specs)
 
 
 def raw_topic(app: faust.App, *names: str, **options: Any) -> faust.TopicT:

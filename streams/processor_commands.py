@@ -56,6 +56,7 @@ def _run(
     with tempfile.TemporaryDirectory(prefix=f"tier3-{role}-") as scratch:
         folder = workdir or Path(scratch)
         app = build(settings, folder, codec_of(settings))  # type: ignore[operator]
+        faust_app.create_internal_topics(app, settings)
         log.info("starting", role=role, group=app.conf.id, broker=settings.bootstrap_servers,
                  workdir=str(folder))
         faust_app.run_worker(app, faust_log_level)

@@ -20,6 +20,7 @@ CAPTURE_JOBS = "capture-jobs"
 TRACES = "traces"
 TRAINING_REQUESTS = "training-requests"
 TRAINING_RESULTS = "training-results"
+COUNTER_NEW_TRACES = "counter.new-traces"  # the counter's internal repartition topic
 
 DLQ_SUFFIX = ".dlq"
 _DAY_MS = 24 * 3600 * 1000
@@ -60,7 +61,16 @@ def expected_topics(settings: KafkaSettings) -> list[TopicSpec]:
     dead_letters = [
         TopicSpec(t.name + DLQ_SUFFIX, 1, long_retention, f"dead letters of {t.name}") for t in base
     ]
-    return base + dead_letters
+    # Created here, with the rest, rather than by Faust when the counter starts: a worker whose
+    # group forms before its internal topic exists leaves that topic out of the assignment and
+    # never reads it (seen after a broker restart: zero training requests).
+    internal = [
+        TopicSpec(
+            COUNTER_NEW_TRACES, 1, {"cleanup.policy": "delete", "retention.ms": str(7 * _DAY_MS)},
+            "the counter's new traces, keyed by student model",
+        )
+    ]
+    return base + dead_letters + internal
 
 
 @dataclass
@@ -85,12 +95,19 @@ def admin_client(settings: KafkaSettings) -> AdminClient:
 
 def create_topics(settings: KafkaSettings, admin: AdminClient | None = None) -> dict[str, str]:
     """Create every missing topic; leave existing ones alone. Returns name → 'created'|'exists'."""
+    specs = {settings.topic(spec.name): spec for spec in expected_topics(settings)}
+    return create_named_topics(settings, specs, admin)
+
+
+def create_named_topics(
+    settings: KafkaSettings, specs: dict[str, TopicSpec], admin: AdminClient | None = None
+) -> dict[str, str]:
+    """Create the missing topics of ``specs`` (full name → spec) and wait until all have leaders."""
     admin = admin or admin_client(settings)
     existing = set(admin.list_topics(timeout=10).topics)
     outcome: dict[str, str] = {}
     new = []
-    for spec in expected_topics(settings):
-        full = settings.topic(spec.name)
+    for full, spec in specs.items():
         if full in existing:
             outcome[full] = "exists"
             continue
