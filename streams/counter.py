@@ -105,16 +105,12 @@ class Count:
         self.dead_letters = DeadLetters(app, ROLE, [self.traces])
         self.book = PartitionBook(app, ROLE, [self.traces, self.new_traces_name])
         self.in_flight: set[tuple[str, int]] = set()
-        app.agent(self.source, name=f"{app.conf.id}.route")(self._route)
-        app.agent(self.new_traces, name=f"{app.conf.id}.count")(self._count)
+        faust_app.each_message(app, self.source, "route", self.route)
+        faust_app.each_message(app, self.new_traces, "count", self.count)
         faust_app.every(app, config.resend_every_s, self.resend_unsent)
         faust_app.every(app, 2.0, self.report)
 
     # -- step 1: route ---------------------------------------------------------------------------
-
-    async def _route(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            self.route(event.message)
 
     def route(self, message: Any) -> None:
         self.book.read[message.tp] = message.offset
@@ -136,10 +132,6 @@ class Count:
         EVENTS_IN.labels(ROLE, message.topic, "routed").inc()
 
     # -- step 2: count ---------------------------------------------------------------------------
-
-    async def _count(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            self.count(event.message)
 
     def count(self, message: Any) -> None:
         self.book.read[message.tp] = message.offset

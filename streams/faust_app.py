@@ -356,6 +356,20 @@ class PartitionBook:
         self.lag = total
 
 
+def each_message(
+    app: faust.App, topic: faust.TopicT, name: str, fun: Callable[[Any], None]
+) -> None:
+    """Run ``fun`` on every message of ``topic`` (raw key, value, topic, partition, offset),
+    in one Faust agent named ``<app id>.<name>``."""
+
+    async def agent(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            fun(event.message)
+
+    agent.__name__ = agent.__qualname__ = f"{fun.__qualname__}_agent"
+    app.agent(topic, name=f"{app.conf.id}.{name}")(agent)
+
+
 def every(app: faust.App, seconds: float, fun: Callable[[], None]) -> None:
     """Run ``fun`` on the worker's event loop every ``seconds`` (a Faust timer)."""
 

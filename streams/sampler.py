@@ -126,15 +126,11 @@ class Sampler:
         self._decided = {"captured": 0, "skipped": 0}
         self.settings = settings
         self.captured.on_recover(self._on_recovered)
-        app.agent(self.source, name=f"{app.conf.id}.join")(self._join)
+        faust_app.each_message(app, self.source, "join", self.handle)
         faust_app.every(app, config.sweep_every_s, self.sweep)
         faust_app.every(app, 2.0, self.report)
 
     # -- the stream ------------------------------------------------------------------------------
-
-    async def _join(self, stream: faust.StreamT) -> None:
-        async for event in stream.events():
-            self.handle(event.message)
 
     def handle(self, message: Any) -> None:
         """Take one experience or feedback message (raw bytes) a step further."""
