@@ -20,6 +20,8 @@ from tier3.streams.local_broker import LocalBroker
 from tier3.streams.settings import KafkaSettings
 from tier3.streams.topics import create_topics
 
+from tests.stream_workers import Worker
+
 TEST_HOME = Path(
     os.environ.get("TIER3_TEST_HOME", Path(__file__).resolve().parent.parent / ".tier3-test")
 )
@@ -100,3 +102,21 @@ def _no_ambient_tier3_env(monkeypatch: pytest.MonkeyPatch) -> None:
         ):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("ENABLE_TIER3_CAPTURE", raising=False)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """When a test fails, attach the log tail of every stream worker it started: a CI run
+    prints only the report, and the logs are gone with the machine."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "setup":
+        Worker.started.clear()
+    if report.failed and report.when == "call":
+        for worker in Worker.started:
+            lines = [
+                line for line in worker.log().splitlines() if "kafka client error" not in line
+            ]
+            report.sections.append(
+                (f"log of {worker.role} worker {worker.port}", "\n".join(lines[-60:]))
+            )

@@ -41,6 +41,9 @@ def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0
 class Worker:
     """One ``tier3 run <role>`` process, its log in ``folder``, its metrics on a free port."""
 
+    # Every worker a test started, so that a failing test can show their logs (conftest).
+    started: list[Worker] = []
+
     def __init__(
         self, settings: KafkaSettings, role: str, folder: Path, *args: str, **env: str
     ) -> None:
@@ -56,14 +59,17 @@ class Worker:
             TIER3_LOG_JSON="1",
             # A killed worker's partitions move on after 8 s instead of the default 30.
             TIER3_SESSION_TIMEOUT_S="8",
-            **env,
+            # Faust's rebalance and recovery steps in the log, for the report of a failed test.
+            TIER3_FAUST_LOG_LEVEL="info",
         )
+        environment.update(env)  # the test's own settings win
         workdir = folder / f"work-{self.port}"
         command = [TIER3, "run", role, "--workdir", str(workdir), "--metrics-port", str(self.port)]
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
             [*command, *args], env=environment, stdout=self._log, stderr=subprocess.STDOUT
         )
+        Worker.started.append(self)
 
     def metrics(self) -> dict[str, float]:
         """The worker's Prometheus samples, ``name{label=value,...}`` → value; {} if not up."""
