@@ -26,6 +26,20 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def free_port_pair() -> int:
+    """A free port whose next port is free too: ``tier3 broker start --port P`` puts its KRaft
+    controller on P + 1, and a port taken there (say by a client socket) fails the start."""
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no two free ports in a row on 127.0.0.1")
+
+
 def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0.5) -> T:
     """Poll ``check`` until it returns something truthy; fail saying ``what`` did not happen."""
     deadline = time.monotonic() + timeout

@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 from tier3.streams.local_broker import LocalBroker
 
-from .stream_workers import free_port
+from .stream_workers import free_port_pair
 
 pytestmark = pytest.mark.slow
 
 
 def test_the_demo_runs_the_whole_loop(tmp_path: Path) -> None:
-    port = free_port()
+    port = free_port_pair()
     env = {
         k: v
         for k, v in os.environ.items()
