@@ -138,7 +138,7 @@ def make_app(
     that crashed) before its partitions go to the others; a clean stop hands them over at once.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    app = faust.App(
+    return faust.App(
         settings.topic(role),
         broker=[f"kafka://{host.strip()}" for host in settings.bootstrap_servers.split(",")],
         broker_credentials=_credentials(settings),
@@ -158,7 +158,6 @@ def make_app(
         broker_heartbeat_interval=min(3.0, session_timeout_s / 4),
         **overrides,
     )
-    return app
 
 
 def create_internal_topics(app: faust.App, settings: KafkaSettings) -> None:
