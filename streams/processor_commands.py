@@ -15,14 +15,10 @@ from typing import Annotated
 import structlog
 import typer
 from tier3.streams.logs import configure_logging
+from tier3.streams.metrics import MetricsPort, serve_metrics
 
 log = structlog.get_logger("tier3.processors")
 
-MetricsPort = Annotated[
-    int,
-    typer.Option(help="Serve Prometheus metrics on this port (0: off).",
-                 envvar="TIER3_METRICS_PORT"),
-]
 Workdir = Annotated[
     Path | None,
     typer.Option(help="The worker's own folder (Faust's datadir); default: a temporary folder."),
@@ -45,7 +41,6 @@ def _run(
     """Create the topics if missing, serve metrics, and run the worker built by ``build(dir)``."""
     from tier3.streams import faust_app
     from tier3.streams.events import codec_of
-    from tier3.streams.metrics import serve_metrics
     from tier3.streams.settings import KafkaSettings
     from tier3.streams.topics import create_topics
 

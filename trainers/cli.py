@@ -21,6 +21,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from tier3.streams.metrics import MetricsPort, serve_metrics
 
 console = Console(stderr=True)
 
@@ -30,12 +31,7 @@ def run_trainer(
     max_requests: Annotated[
         int | None, typer.Option(help="Exit after this many requests (default: run until stopped).")
     ] = None,
-    metrics_port: Annotated[
-        int,
-        typer.Option(
-            help="Serve Prometheus metrics on this port (0: off).", envvar="TIER3_METRICS_PORT"
-        ),
-    ] = 0,
+    metrics_port: MetricsPort = 0,
 ) -> None:
     """Train the student on each request from training-requests, once per request id.
 
@@ -46,7 +42,6 @@ def run_trainer(
     batch size, ...). SIGTERM/SIGINT stop it; an interrupted run resumes on the next start.
     """
     from tier3.streams.logs import configure_logging
-    from tier3.streams.metrics import serve_metrics
     from tier3.streams.settings import KafkaSettings, LocalSettings
     from tier3.trainers.config import TrainerConfig
     from tier3.trainers.trainer_consumer import TrainerConsumer

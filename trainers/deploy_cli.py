@@ -18,6 +18,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from tier3.streams.metrics import MetricsPort, serve_metrics
 
 console = Console(stderr=True)
 
@@ -245,14 +246,6 @@ def rollback_cmd(
     console.print(f"rolled back; now serving {serving}")
 
 
-MetricsPortOpt = Annotated[
-    int,
-    typer.Option(
-        help="Serve Prometheus metrics on this port (0: off).", envvar="TIER3_METRICS_PORT"
-    ),
-]
-
-
 def run_release(
     deploy_models: Annotated[
         bool, typer.Option("--deploy/--no-deploy", help="Deploy runs that pass the gate.")
@@ -261,14 +254,13 @@ def run_release(
     ollama_host: HostOpt = None,
     group: Annotated[str, typer.Option(help="Consumer group id.")] = "tier3-release",
     max_runs: Annotated[int | None, typer.Option(help="Exit after this many runs.")] = None,
-    metrics_port: MetricsPortOpt = 0,
+    metrics_port: MetricsPort = 0,
 ) -> None:
     """Evaluate every finished training run, gate it, and deploy it when it passes.
 
     Consumes TrainingCompleted from training-results; each run is evaluated once (a run that
     already has an EvalReport is skipped on redelivery or replay).
     """
-    from tier3.streams.metrics import serve_metrics
     from tier3.streams.settings import KafkaSettings, LocalSettings
     from tier3.trainers.release import Release, ReleaseConsumer, ReleaseOptions
 
@@ -289,7 +281,7 @@ def run_ab_guard(
     min_ratings: Annotated[int, typer.Option(help="Ratings per arm before testing.")] = 30,
     alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
     once: Annotated[bool, typer.Option("--once", help="Compare once and exit.")] = False,
-    metrics_port: MetricsPortOpt = 0,
+    metrics_port: MetricsPort = 0,
 ) -> None:
     """Watch the A/B ratings; roll the student back when it is rated significantly worse.
 
@@ -298,7 +290,6 @@ def run_ab_guard(
     """
     from prometheus_client import Counter, Gauge
     from tier3.streams.ab_test import guard_once
-    from tier3.streams.metrics import serve_metrics
     from tier3.streams.settings import KafkaSettings
 
     checks = Gauge("tier3_ab_guard_last_check_seconds", "When the A/B ratings were last compared")
