@@ -11,42 +11,27 @@ import pytest
 from tier3.streams.local_broker import BrokerError, LocalBroker
 
 
-def test_status_says_the_broker_runs(broker: LocalBroker) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tier3.streams",
-            "broker",
-            "status",
-            "--home",
-            str(broker.home),
-            "--port",
-            str(broker.port),
-        ],
+def broker_command(
+    action: str, home: Path, port: int, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """``tier3 broker <action> --home HOME --port PORT``, as a user runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "tier3.streams", "broker", action,
+         "--home", str(home), "--port", str(port)],
         capture_output=True,
         text=True,
+        env=env,
     )
+
+
+def test_status_says_the_broker_runs(broker: LocalBroker) -> None:
+    done = broker_command("status", broker.home, broker.port)
     assert done.returncode == 0
     assert f"running (pid {broker.pid()}) at {broker.bootstrap}" in " ".join(done.stdout.split())
 
 
 def test_status_of_a_broker_that_is_not_there(tmp_path: Path) -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tier3.streams",
-            "broker",
-            "status",
-            "--home",
-            str(tmp_path),
-            "--port",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    done = broker_command("status", tmp_path, 1)
     assert done.returncode == 3
     assert "not running" in done.stdout
 
@@ -58,22 +43,7 @@ def test_a_port_taken_by_another_broker_is_refused(broker: LocalBroker, tmp_path
 
 def test_missing_java_says_what_to_install(tmp_path: Path) -> None:
     env = {**os.environ, "PATH": str(tmp_path)}  # neither java nor mvn on it
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tier3.streams",
-            "broker",
-            "start",
-            "--home",
-            str(tmp_path),
-            "--port",
-            "1",
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
+    done = broker_command("start", tmp_path, 1, env=env)
     assert done.returncode == 1
     assert "`java` was not found on PATH: install a Java 17+ runtime" in " ".join(
         done.stderr.split()
