@@ -17,6 +17,7 @@ WORKDIR /opt/tier3
 # Dependencies first, so a code change does not reinstall them.
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
+COPY tasks ./tasks
 COPY streams ./streams
 COPY consumers ./consumers
 COPY trainers ./trainers

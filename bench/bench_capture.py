@@ -36,10 +36,10 @@ from urllib.request import urlopen
 import psutil
 from prometheus_client.parser import text_string_to_metric_families
 from tier3.schemas.registry import CAPTURE_JOB
-from tier3.streams.events import EventProducer
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import CAPTURE_JOBS, admin_client, create_topics, expected_topics
-from tier3.streams.widgets import random_query
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS, admin_client, create_topics, expected_topics
+from tier3.tasks.widgets import random_query
 
 ROOT = Path(__file__).resolve().parent.parent
 TIER3 = str(Path(sys.executable).with_name("tier3"))

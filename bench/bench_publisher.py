@@ -21,10 +21,10 @@ import uuid
 
 from confluent_kafka import Producer
 from tier3.schemas import SingleObjectCodec
-from tier3.streams.publisher import Publisher, PublisherConfig
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.simulate import simulate
-from tier3.streams.topics import create_topics
+from tier3.streams.backend.publisher import Publisher, PublisherConfig
+from tier3.streams.demo.simulate import simulate
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import create_topics
 
 
 def percentiles(samples_ns: list[int]) -> dict[str, float]:

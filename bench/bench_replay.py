@@ -24,14 +24,14 @@ import platform
 import time
 import uuid
 
-from tier3.streams import offsets
-from tier3.streams.offsets import Range, read_ranges
-from tier3.streams.publisher import Publisher
-from tier3.streams.replay import Replayer, Window
-from tier3.streams.sampling import Policy
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.simulate import run_simulation
-from tier3.streams.topics import EXPERIENCES, admin_client, create_topics
+from tier3.streams.backend.publisher import Publisher
+from tier3.streams.demo.simulate import run_simulation
+from tier3.streams.kafka import offsets
+from tier3.streams.kafka.offsets import Range, read_ranges
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import EXPERIENCES, admin_client, create_topics
+from tier3.streams.ops.replay import Replayer, Window
+from tier3.streams.processors.sampling import Policy
 
 
 def timed(label: str, action, count_of) -> tuple[str, float, int]:

@@ -38,13 +38,13 @@ from confluent_kafka import Consumer
 from prometheus_client.parser import text_string_to_metric_families
 from tier3.schemas import SingleObjectCodec
 from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE, FEEDBACK
-from tier3.streams.publisher import Publisher
-from tier3.streams.sampling import Policy, decide
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.simulate import run_simulation, simulate
-from tier3.streams.topic_reader import read_to_end
-from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES, create_topics
-from tier3.streams.topics import FEEDBACK as FEEDBACK_TOPIC
+from tier3.streams.backend.publisher import Publisher
+from tier3.streams.demo.simulate import run_simulation, simulate
+from tier3.streams.kafka.reader import read_to_end
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS, EXPERIENCES, create_topics
+from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC
+from tier3.streams.processors.sampling import Policy, decide
 
 TIER3 = str(Path(sys.executable).with_name("tier3"))
 
@@ -251,8 +251,8 @@ def main() -> None:
 
 def noop_worker() -> None:
     """A Faust worker with the sampler's topics and settings whose agent only counts events."""
-    from tier3.streams import faust_app
-    from tier3.streams.metrics import serve_metrics
+    from tier3.streams.processors import faust_app
+    from tier3.streams.telemetry.metrics import serve_metrics
 
     settings = KafkaSettings()
     serve_metrics(int(os.environ["TIER3_METRICS_PORT"]))

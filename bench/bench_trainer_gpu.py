@@ -75,7 +75,7 @@ TINY = {
 def import_tier3() -> None:
     """Make ``tier3.trainers`` etc. importable from this checkout when tier3 is not installed."""
     try:
-        import tier3.trainers.sft  # noqa: F401
+        import tier3.trainers.training.sft  # noqa: F401
 
         return
     except ImportError:
@@ -96,8 +96,8 @@ def import_tier3() -> None:
 def synthetic_traces(count: int, max_tokens: int, tokens_per_step: int, seed: int = 0) -> list:
     """Widget-task conversations whose lengths spread like real traces with extended thinking:
     log-normal, median about a quarter of ``max_tokens``, the longest cut at ``max_tokens``."""
-    from tier3.streams import widgets
-    from tier3.trainers.dataset import assistant_turn
+    from tier3.tasks import widgets
+    from tier3.trainers.training.dataset import assistant_turn
 
     rng = random.Random(seed)
     traces = []
@@ -122,8 +122,8 @@ def synthetic_traces(count: int, max_tokens: int, tokens_per_step: int, seed: in
 def build_model(shape: dict, folder: Path) -> Path:
     """Random weights of ``shape`` and a tokenizer trained here, saved as a bf16 checkpoint."""
     import torch
-    from tier3.streams import widgets
-    from tier3.trainers.tiny_model import EOT, train_tokenizer
+    from tier3.tasks import widgets
+    from tier3.trainers.training.tiny_model import EOT, train_tokenizer
     from transformers import LlamaConfig, LlamaForCausalLM
 
     rng = random.Random(1)
@@ -162,8 +162,8 @@ def matmul_params(shape: dict) -> int:
 def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
     import torch
     from datasets import Dataset
-    from tier3.trainers.config import TrainerConfig
-    from tier3.trainers.sft import load_base, lora_config, sft_config
+    from tier3.trainers.training.config import TrainerConfig
+    from tier3.trainers.training.sft import load_base, lora_config, sft_config
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 

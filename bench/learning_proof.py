@@ -50,8 +50,8 @@ def _ensure_tier3_importable() -> None:
 def synthetic_traces(n: int, seed: int) -> dict[str, dict]:
     """Traces as the capture stage writes them, with the reference teacher's answers."""
     from tier3.schemas.registry import EXPERIENCE
-    from tier3.streams import widgets
-    from tier3.streams.simulate import simulate
+    from tier3.streams.demo.simulate import simulate
+    from tier3.tasks import widgets
 
     traces = {}
     for event in simulate(n, seed):
@@ -76,7 +76,7 @@ def synthetic_traces(n: int, seed: int) -> dict[str, dict]:
 def build_student(path: Path, hidden: int, layers: int, seed: int) -> Path:
     """The tiny model's tokenizer on a LLaMA body of the given size, random weights."""
     import torch
-    from tier3.trainers.tiny_model import cached_tiny_student
+    from tier3.trainers.training.tiny_model import cached_tiny_student
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     tokenizer = AutoTokenizer.from_pretrained(cached_tiny_student(path.parent / "tiny-cache"))
@@ -105,7 +105,7 @@ def build_student(path: Path, hidden: int, layers: int, seed: int) -> Path:
 
 
 def measure(model_dir: Path, examples: list, args: argparse.Namespace) -> dict:
-    from tier3.trainers.evaluate import evaluate, generate_with_transformers
+    from tier3.trainers.release.evaluate import evaluate, generate_with_transformers
 
     started = time.perf_counter()
     replies = generate_with_transformers(
@@ -160,11 +160,11 @@ def parse_args() -> argparse.Namespace:
 def run(args: argparse.Namespace) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     _ensure_tier3_importable()
-    from tier3.streams.training_requests import request_id
-    from tier3.trainers.config import TrainerConfig
-    from tier3.trainers.dataset import build_dataset
-    from tier3.trainers.evaluate import held_out_from_traces
-    from tier3.trainers.sft import device_type, train
+    from tier3.streams.processors.training_requests import request_id
+    from tier3.trainers.release.evaluate import held_out_from_traces
+    from tier3.trainers.training.config import TrainerConfig
+    from tier3.trainers.training.dataset import build_dataset
+    from tier3.trainers.training.sft import device_type, train
 
     work = args.work or Path(tempfile.mkdtemp(prefix="tier3-learning-proof-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> dict:
 
     exported = None
     if args.gguf:
-        from tier3.trainers.gguf_export import export_gguf
+        from tier3.trainers.release.gguf_export import export_gguf
 
         result = export_gguf(outcome.merged_dir, args.gguf, name="widget-student")
         exported = {"path": str(result.path), "sha256": result.sha256}

@@ -34,10 +34,10 @@ def main() -> int:
     args = parser.parse_args()
     _ensure_tier3_importable()
     import ollama
-    from tier3.streams.router import ollama_student
-    from tier3.trainers.dataset import build_dataset, request_id_for
-    from tier3.trainers.evaluate import evaluate, held_out_from_traces, replies_from
-    from tier3.trainers.ollama_deploy import register
+    from tier3.streams.backend.router import ollama_student
+    from tier3.trainers.release.evaluate import evaluate, held_out_from_traces, replies_from
+    from tier3.trainers.release.ollama_deploy import register
+    from tier3.trainers.training.dataset import build_dataset, request_id_for
 
     real_stdout = sys.stdout
     with contextlib.redirect_stdout(sys.stderr):

@@ -49,11 +49,11 @@ from tier3.consumers.redaction import Redactor
 from tier3.consumers.settings import CaptureSettings
 from tier3.schemas import DecodeError
 from tier3.schemas.registry import CAPTURE_JOB, TRACE
-from tier3.streams.dead_letters import send_dead_letter
-from tier3.streams.events import EventProducer, codec_of, consumer
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import CAPTURE_JOBS, TRACES
-from tier3.streams.widgets import parse_answer
+from tier3.streams.kafka.dead_letters import send_dead_letter
+from tier3.streams.kafka.events import EventProducer, codec_of, consumer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS, TRACES
+from tier3.tasks.widgets import parse_answer
 
 log = structlog.get_logger("tier3.capture")
 

@@ -48,8 +48,8 @@ def capture(
     from tier3.consumers.providers import build_student, build_teacher
     from tier3.consumers.redaction import Redactor
     from tier3.consumers.settings import CaptureSettings
-    from tier3.streams.metrics import serve_metrics
-    from tier3.streams.settings import KafkaSettings, LocalSettings
+    from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
+    from tier3.streams.telemetry.metrics import serve_metrics
 
     overrides = {
         "group": group, "concurrency": concurrency, "attempts": attempts,

@@ -38,8 +38,8 @@ from httpx_aiohttp import AiohttpTransport
 from tier3.consumers import metrics
 from tier3.consumers.rate_limit import RateLimiter
 from tier3.consumers.settings import CaptureSettings
-from tier3.streams.widgets import ANSWER_SCHEMA, METRICS, reference_answer, reference_thinking
-from tier3.streams.widgets import render_prompt as render_widget_prompt
+from tier3.tasks.widgets import ANSWER_SCHEMA, METRICS, reference_answer, reference_thinking
+from tier3.tasks.widgets import render_prompt as render_widget_prompt
 
 log = structlog.get_logger("tier3.capture")
 

@@ -57,7 +57,7 @@ class CaptureSettings(BaseSettings):
     prompt_template: str | None = Field(
         None,
         description="Teacher/student prompt as a string.Template with $query and $context; "
-        "default: the widget task's own prompt (tier3.streams.widgets.render_prompt).",
+        "default: the widget task's own prompt (tier3.tasks.widgets.render_prompt).",
     )
     teacher_max_retries: int = Field(4, ge=0, description="SDK retries on 429/529/5xx per call.")
     teacher_timeout_s: float = Field(120.0, gt=0, description="Timeout of one teacher request.")

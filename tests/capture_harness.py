@@ -18,10 +18,10 @@ from tier3.consumers.redaction import Redactor
 from tier3.consumers.settings import CaptureSettings
 from tier3.schemas import SingleObjectCodec
 from tier3.schemas.registry import CAPTURE_JOB
-from tier3.streams.events import EventProducer
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import CAPTURE_JOBS, TRACES
-from tier3.streams.widgets import random_query
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS, TRACES
+from tier3.tasks.widgets import random_query
 
 from tests.kafka_reading import read_all
 

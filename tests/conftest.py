@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
-from tier3.streams.local_broker import LocalBroker
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import create_topics
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import create_topics
+from tier3.streams.local.kafka_broker import LocalBroker
 
 from tests.stream_workers import Worker
 

@@ -30,7 +30,7 @@ BUILD_SCRIPT = REPO / "scripts" / "build-ollama.sh"
 def quantizable_student(path: Path, seed: int = 0) -> Path:
     """A LLaMA student with the tiny tokenizer and q4_K-friendly shapes, saved in ``path``."""
     import torch
-    from tier3.trainers.tiny_model import cached_tiny_student
+    from tier3.trainers.training.tiny_model import cached_tiny_student
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
     if (path / "config.json").is_file():

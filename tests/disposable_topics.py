@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import pytest
 from confluent_kafka.admin import AdminClient
-from tier3.streams.local_broker import LocalBroker
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import expected_topics
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import expected_topics
+from tier3.streams.local.kafka_broker import LocalBroker
 
 from tests.conftest import fresh_settings
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 from tier3.schemas import SingleObjectCodec
-from tier3.streams.settings import KafkaSettings
+from tier3.streams.kafka.settings import KafkaSettings
 
 
 @dataclass

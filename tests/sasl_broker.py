@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from tier3.streams.broker_sasl import ScramUser, TlsListener, sasl_server_config
-from tier3.streams.local_broker import LocalBroker
-from tier3.streams.settings import KafkaSettings
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.local.kafka_broker import LocalBroker
+from tier3.streams.local.sasl_broker import ScramUser, TlsListener, sasl_server_config
 
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
 CLIENT = ScramUser("tier3-app", "pw-" + secrets.token_hex(12))

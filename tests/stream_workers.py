@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
-from tier3.streams.settings import KafkaSettings
+from tier3.streams.kafka.settings import KafkaSettings
 
 TIER3 = str(Path(sys.executable).with_name("tier3"))
 T = TypeVar("T")

@@ -8,7 +8,7 @@ import time
 import pytest
 from scipy.stats import mannwhitneyu
 from tier3.schemas.registry import EXPERIENCE, FEEDBACK, MODEL_DEPLOYED
-from tier3.streams.ab_test import (
+from tier3.streams.backend.ab_test import (
     FALLBACK,
     STUDENT,
     TEACHER,
@@ -17,10 +17,10 @@ from tier3.streams.ab_test import (
     mann_whitney_u,
     ratings_by_variant,
 )
-from tier3.streams.events import EventProducer
-from tier3.streams.router import REASON_HEADER, DeploymentLog
-from tier3.streams.topics import EXPERIENCES, TRAINING_RESULTS
-from tier3.streams.topics import FEEDBACK as FEEDBACK_TOPIC
+from tier3.streams.backend.router import REASON_HEADER, DeploymentLog
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.topics import EXPERIENCES, TRAINING_RESULTS
+from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC
 
 from tests.kafka_reading import read_all
 

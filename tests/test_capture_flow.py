@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from tier3.consumers.object_store import TraceStore
-from tier3.streams.dead_letters import HEADER_REASON, HEADER_STAGE
-from tier3.streams.events import EventProducer
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import CAPTURE_JOBS, DLQ_SUFFIX
-from tier3.streams.widgets import parse_answer, reference_answer
+from tier3.streams.kafka.dead_letters import HEADER_REASON, HEADER_STAGE
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS, DLQ_SUFFIX
+from tier3.tasks.widgets import parse_answer, reference_answer
 
 from tests.capture_harness import (
     behind,

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from tier3.consumers.object_store import TraceStore
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import TRACES
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import TRACES
 
 from tests.capture_harness import committed, end_offsets, latest_traces, make_job, publish_jobs
 from tests.kafka_reading import read_all

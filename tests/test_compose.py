@@ -25,14 +25,14 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 # The modules that hold tier3's settings classes (each read from TIER3_* variables).
 SETTINGS_MODULES = [
-    "tier3.streams.settings",
-    "tier3.streams.sampling",
-    "tier3.streams.sampler",
-    "tier3.streams.counter",
-    "tier3.streams.router",
+    "tier3.streams.kafka.settings",
+    "tier3.streams.processors.sampling",
+    "tier3.streams.processors.sampler",
+    "tier3.streams.processors.counter",
+    "tier3.streams.backend.router",
     "tier3.consumers.settings",
-    "tier3.trainers.config",
-    "tier3.trainers.gate",
+    "tier3.trainers.training.config",
+    "tier3.trainers.release.gate",
 ]
 
 
@@ -64,7 +64,7 @@ def _settings_variables() -> set[str]:
 
 
 def _cli() -> Any:
-    from tier3.streams import cli
+    from tier3.streams.cli import main as cli
 
     cli._load_plugins()  # what `tier3` does at start: the stages' commands join the app
     return typer.main.get_command(cli.app)

@@ -10,9 +10,9 @@ import pytest
 from fastavro import schemaless_writer
 from tier3.schemas import DecodeError, EncodeError, SingleObjectCodec, registry
 from tier3.schemas.codec import SINGLE_OBJECT_MAGIC, ConfluentCodec
-from tier3.streams.events import EventProducer
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import TRAINING_RESULTS
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import TRAINING_RESULTS
 
 from .kafka_reading import read_all
 from .samples import SAMPLES

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from tier3.schemas.registry import TRACE
-from tier3.streams.dead_letters import HEADER_REASON, HEADER_STAGE
-from tier3.streams.events import EventProducer
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import TRACES, TRAINING_REQUESTS
-from tier3.streams.training_requests import request_id
+from tier3.streams.kafka.dead_letters import HEADER_REASON, HEADER_STAGE
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import TRACES, TRAINING_REQUESTS
+from tier3.streams.processors.training_requests import request_id
 
 from tests.kafka_reading import read_all, read_events
 from tests.stream_workers import Worker, wait_for

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tier3.streams.local_broker import LocalBroker
+from tier3.streams.local.kafka_broker import LocalBroker
 
 from .stream_workers import free_port_pair
 

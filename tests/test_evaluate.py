@@ -6,8 +6,8 @@ import json
 import os
 
 import pytest
-from tier3.streams.ab_test import compare
-from tier3.trainers.evaluate import (
+from tier3.streams.backend.ab_test import compare
+from tier3.trainers.release.evaluate import (
     AnswerValidator,
     HeldOut,
     StudentReply,
@@ -17,7 +17,7 @@ from tier3.trainers.evaluate import (
     percentile,
     write_report,
 )
-from tier3.trainers.gate import GateThresholds, decide
+from tier3.trainers.release.gate import GateThresholds, decide
 
 TEACHER = {
     "widgets": ["bar_chart", "alert_list"],
@@ -161,7 +161,7 @@ def test_held_out_examples_are_the_manifest_eval_split():
 @pytest.mark.train
 def test_untrained_student_is_evaluated_from_its_checkpoint(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    from tier3.trainers.tiny_model import cached_tiny_student
+    from tier3.trainers.training.tiny_model import cached_tiny_student
 
     model_dir = cached_tiny_student(os.environ.get("TIER3_TINY_CACHE") or tmp_path / "tiny")
     examples = [held_out(i) for i in range(3)]

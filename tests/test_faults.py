@@ -30,12 +30,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from tier3.streams.local_broker import BrokerError, LocalBroker
-from tier3.streams.publisher import Publisher
-from tier3.streams.sampling import Policy, decide
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.simulate import simulate
-from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES, TRAINING_REQUESTS, create_topics
+from tier3.streams.backend.publisher import Publisher
+from tier3.streams.demo.simulate import simulate
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS, EXPERIENCES, TRAINING_REQUESTS, create_topics
+from tier3.streams.local.kafka_broker import BrokerError, LocalBroker
+from tier3.streams.processors.sampling import Policy, decide
 
 from .capture_harness import latest_traces
 from .conftest import TEST_HOME, fresh_settings

@@ -18,9 +18,9 @@ from tier3.consumers.settings import CaptureSettings
 from tier3.schemas import Decoded, DecodeError, SingleObjectCodec
 from tier3.schemas.codec import SINGLE_OBJECT_MAGIC
 from tier3.schemas.registry import EVENT_NAMES, current
-from tier3.streams.dead_letters import HEADER_REASON, HEADER_STAGE, DeadLetter
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import CAPTURE_JOBS, DLQ_SUFFIX
+from tier3.streams.kafka.dead_letters import HEADER_REASON, HEADER_STAGE, DeadLetter
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS, DLQ_SUFFIX
 
 from tests.capture_harness import build_worker, make_job, publish_jobs, run_until
 from tests.conftest import fresh_settings
@@ -228,10 +228,10 @@ def test_the_trainer_dead_letters_garbage_requests_and_goes_on(
 ) -> None:
     import threading
 
-    from tier3.streams.settings import LocalSettings
-    from tier3.streams.topics import TRAINING_REQUESTS
-    from tier3.trainers.trainer_consumer import TrainerConsumer
-    from tier3.trainers.training_run import TrainingRun
+    from tier3.streams.kafka.settings import LocalSettings
+    from tier3.streams.kafka.topics import TRAINING_REQUESTS
+    from tier3.trainers.training.consumer import TrainerConsumer
+    from tier3.trainers.training.run import TrainingRun
 
     from tests.trainer_harness import tiny_config
 

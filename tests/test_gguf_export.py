@@ -14,7 +14,7 @@ pytestmark = pytest.mark.train
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from tier3.trainers.tiny_model import cached_tiny_student
+    from tier3.trainers.training.tiny_model import cached_tiny_student
 
     return cached_tiny_student(
         os.environ.get("TIER3_TINY_CACHE") or tmp_path_factory.mktemp("tiny")
@@ -23,7 +23,7 @@ def tiny(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def exported(tiny, tmp_path_factory):
-    from tier3.trainers.gguf_export import export_gguf
+    from tier3.trainers.release.gguf_export import export_gguf
 
     out = tmp_path_factory.mktemp("gguf") / "student.gguf"
     return export_gguf(tiny, out, name="tiny-student")
@@ -41,7 +41,7 @@ def logits(model_or_dir, ids, gguf_file: str | None = None):
 
 
 def test_tensors_carry_llama_cpp_names_shapes_and_types(tiny, exported):
-    from tier3.trainers.gguf_export import describe_gguf
+    from tier3.trainers.release.gguf_export import describe_gguf
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tiny)
@@ -64,7 +64,7 @@ def test_tensors_carry_llama_cpp_names_shapes_and_types(tiny, exported):
 
 
 def test_metadata_describes_the_model(tiny, exported):
-    from tier3.trainers.gguf_export import describe_gguf
+    from tier3.trainers.release.gguf_export import describe_gguf
     from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(tiny)
@@ -87,7 +87,7 @@ def test_metadata_describes_the_model(tiny, exported):
 
 def test_tokenizer_is_inside_the_file(tiny, exported):
     import gguf
-    from tier3.trainers.gguf_export import describe_gguf
+    from tier3.trainers.release.gguf_export import describe_gguf
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny)
@@ -141,7 +141,7 @@ def weights(model_dir, gguf_file: str | None = None) -> dict:
 def test_q_and_k_are_stored_in_llama_cpp_order(tiny, exported, tmp_path, monkeypatch):
     """Reloaded weights equal the originals; skipping the permutation would scramble q and k."""
     import torch
-    from tier3.trainers import gguf_export
+    from tier3.trainers.release import gguf_export
 
     original = weights(tiny)
     reloaded = weights(exported.path.parent, exported.path.name)
@@ -158,7 +158,7 @@ def test_q_and_k_are_stored_in_llama_cpp_order(tiny, exported, tmp_path, monkeyp
 def test_merged_adapter_gives_the_adapted_model(tiny, tmp_path):
     import torch
     from peft import LoraConfig, get_peft_model
-    from tier3.trainers.gguf_export import merge_adapter
+    from tier3.trainers.release.gguf_export import merge_adapter
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)

@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
-from tier3.streams.consumer_groups import ConsumerGroups, GroupError
-from tier3.streams.events import consumer
-from tier3.streams.local_broker import LocalBroker
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import CAPTURE_JOBS
+from tier3.streams.kafka.events import consumer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS
+from tier3.streams.local.kafka_broker import LocalBroker
+from tier3.streams.ops.consumer_groups import ConsumerGroups, GroupError
 
 from tests.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
 

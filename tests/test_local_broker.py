@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from tier3.streams.local_broker import BrokerError, LocalBroker
+from tier3.streams.local.kafka_broker import BrokerError, LocalBroker
 
 
 def broker_command(

@@ -13,8 +13,7 @@ from pathlib import Path
 
 import pytest
 from tier3.schemas.registry import MODEL_DEPLOYED
-from tier3.streams import widgets
-from tier3.streams.router import (
+from tier3.streams.backend.router import (
     FALLBACK,
     REASON_HEADER,
     DeploymentWatcher,
@@ -22,10 +21,11 @@ from tier3.streams.router import (
     RoutingSettings,
     ollama_student,
 )
-from tier3.streams.topics import TRAINING_RESULTS
-from tier3.trainers.gate import GateDecision
-from tier3.trainers.gguf_export import describe_gguf, export_gguf
-from tier3.trainers.ollama_deploy import GateRefused, deploy
+from tier3.streams.kafka.topics import TRAINING_RESULTS
+from tier3.tasks import widgets
+from tier3.trainers.release.gate import GateDecision
+from tier3.trainers.release.gguf_export import describe_gguf, export_gguf
+from tier3.trainers.release.ollama_deploy import GateRefused, deploy
 
 from tests.deploy_fixtures import ollama_binary, quantizable_student, serve_ollama
 from tests.kafka_reading import read_all, read_events
@@ -102,7 +102,7 @@ def test_deploy_quantizes_to_q4_k_m_and_announces_the_lineage(kafka, client, ggu
 
 def test_ollama_tokenizes_prompts_as_the_trainer_did(kafka, client, gguf):
     """The served model must see the tokens the student was trained on (pre-tokenizer, BOS)."""
-    from tier3.trainers.tiny_model import cached_tiny_student
+    from tier3.trainers.training.tiny_model import cached_tiny_student
     from transformers import AutoTokenizer
 
     registered = deploy(

@@ -20,7 +20,7 @@ from tier3.consumers.providers import (
 )
 from tier3.consumers.rate_limit import RateLimiter
 from tier3.consumers.settings import CaptureSettings
-from tier3.streams.widgets import ANSWER_SCHEMA, parse_answer, reference_answer
+from tier3.tasks.widgets import ANSWER_SCHEMA, parse_answer, reference_answer
 
 from tests.servers import AnthropicServer, Fault, OllamaServer
 from tests.servers.widget_replies import teacher_reply

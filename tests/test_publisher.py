@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
-from tier3.streams.local_broker import LocalBroker
-from tier3.streams.publisher import Publisher, PublisherConfig
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.simulate import simulate
-from tier3.streams.topics import EXPERIENCES, FEEDBACK, create_topics
+from tier3.streams.backend.publisher import Publisher, PublisherConfig
+from tier3.streams.demo.simulate import simulate
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import EXPERIENCES, FEEDBACK, create_topics
+from tier3.streams.local.kafka_broker import LocalBroker
 
 from .kafka_reading import read_all, read_events
 from .samples import SAMPLES

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from tier3.consumers.redaction import Redactor
 from tier3.consumers.settings import CaptureSettings
-from tier3.streams.topics import TRACES
+from tier3.streams.kafka.topics import TRACES
 
 from tests.capture_harness import build_worker, make_job, provider_settings, publish_jobs, run_until
 from tests.kafka_reading import read_all

@@ -14,13 +14,13 @@ import fsspec
 import pytest
 from tier3.schemas import SingleObjectCodec
 from tier3.schemas.registry import EVAL_REPORT, TRACE, TRAINING_COMPLETED
-from tier3.streams import widgets
-from tier3.streams.events import EventProducer
-from tier3.streams.settings import LocalSettings
-from tier3.streams.topics import TRACES, TRAINING_RESULTS
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.settings import LocalSettings
+from tier3.streams.kafka.topics import TRACES, TRAINING_RESULTS
+from tier3.tasks import widgets
 from tier3.trainers.artifacts import RunArtifacts
-from tier3.trainers.gate import GateThresholds
-from tier3.trainers.release import Release, ReleaseConsumer, ReleaseOptions
+from tier3.trainers.release.consumer import Release, ReleaseConsumer, ReleaseOptions
+from tier3.trainers.release.gate import GateThresholds
 
 from tests.kafka_reading import read_all, read_events
 
@@ -58,7 +58,7 @@ def trace(i: int, query: str) -> dict:
 def finished_run(kafka, tmp_path) -> tuple[LocalSettings, dict]:
     """A finished run in object storage, with its held-out traces on the traces topic."""
     os.environ["HF_HUB_OFFLINE"] = "1"
-    from tier3.trainers.tiny_model import cached_tiny_student
+    from tier3.trainers.training.tiny_model import cached_tiny_student
 
     local = LocalSettings(home=tmp_path / "home")
     producer = EventProducer(kafka)

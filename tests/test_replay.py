@@ -15,19 +15,19 @@ from pathlib import Path
 
 import pytest
 from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE
-from tier3.streams.events import EventProducer
-from tier3.streams.publisher import Publisher
-from tier3.streams.replay import (
+from tier3.streams.backend.publisher import Publisher
+from tier3.streams.demo.simulate import simulate
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS, EXPERIENCES
+from tier3.streams.ops.replay import (
     HEADER_REPLAY_ID,
     REPLAY_REASON,
     Replayer,
     ReplayError,
     Window,
 )
-from tier3.streams.sampling import Policy, decide
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.simulate import simulate
-from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES
+from tier3.streams.processors.sampling import Policy, decide
 
 from tests.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
 from tests.kafka_reading import read_all, read_events
@@ -224,7 +224,7 @@ def test_replaying_twice_through_the_capture_consumer_doubles_no_trace(
     """The whole idempotency claim, with the real capture consumer downstream."""
     from tier3.consumers.object_store import TraceStore
     from tier3.consumers.settings import CaptureSettings
-    from tier3.trainers.traces_source import read_traces
+    from tier3.trainers.training.traces_source import read_traces
 
     from tests.capture_harness import build_worker, committed, end_offsets, run_until
 
@@ -263,7 +263,7 @@ def test_replaying_twice_through_the_capture_consumer_doubles_no_trace(
 
 def test_dead_letters_go_back_once_their_cause_is_fixed(kafka: KafkaSettings) -> None:
     from confluent_kafka import Consumer, TopicPartition
-    from tier3.streams.dead_letters import send_dead_letter
+    from tier3.streams.kafka.dead_letters import send_dead_letter
 
     [job_id] = _send_jobs(kafka, 1)
     producer = EventProducer(kafka)
@@ -311,7 +311,7 @@ def test_resample_adds_what_the_old_policy_missed_without_recapturing_the_rest(
     kafka: KafkaSettings, tmp_path: Path
 ) -> None:
     from tier3.consumers.settings import CaptureSettings
-    from tier3.trainers.traces_source import read_traces
+    from tier3.trainers.training.traces_source import read_traces
 
     from tests.capture_harness import build_worker, run_until
 

@@ -10,10 +10,8 @@ import time
 
 import pytest
 from tier3.schemas.registry import EXPERIENCE, MODEL_DEPLOYED
-from tier3.streams import widgets
-from tier3.streams.events import EventProducer
-from tier3.streams.publisher import Publisher
-from tier3.streams.router import (
+from tier3.streams.backend.publisher import Publisher
+from tier3.streams.backend.router import (
     FALLBACK,
     STUDENT,
     TEACHER,
@@ -22,7 +20,9 @@ from tier3.streams.router import (
     Router,
     RoutingSettings,
 )
-from tier3.streams.topics import EXPERIENCES, TRAINING_RESULTS
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.topics import EXPERIENCES, TRAINING_RESULTS
+from tier3.tasks import widgets
 
 from tests.kafka_reading import read_events
 

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 from tier3.schemas import SingleObjectCodec
 from tier3.schemas.registry import EXPERIENCE, FEEDBACK
-from tier3.streams.dead_letters import HEADER_REASON, HEADER_STAGE, HEADER_TOPIC
-from tier3.streams.events import EventProducer
-from tier3.streams.publisher import Publisher
-from tier3.streams.sampling import Policy, decide
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.simulate import SimulatedEvent, simulate
-from tier3.streams.topics import CAPTURE_JOBS, EXPERIENCES
+from tier3.streams.backend.publisher import Publisher
+from tier3.streams.demo.simulate import SimulatedEvent, simulate
+from tier3.streams.kafka.dead_letters import HEADER_REASON, HEADER_STAGE, HEADER_TOPIC
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS, EXPERIENCES
+from tier3.streams.processors.sampling import Policy, decide
 
 from tests.kafka_reading import read_all, read_events
 from tests.stream_workers import TIER3, Worker, wait_for

@@ -7,7 +7,8 @@ import uuid
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
-from tier3.streams.sampling import (
+from tier3.streams.demo.simulate import simulate
+from tier3.streams.processors.sampling import (
     HIGH_CONFIDENCE,
     LOW_RATING,
     RANDOM,
@@ -16,7 +17,6 @@ from tier3.streams.sampling import (
     decide,
     hash_fraction,
 )
-from tier3.streams.simulate import simulate
 
 
 def experience(query_id: str, confidence: float = 0.5) -> dict:

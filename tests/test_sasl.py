@@ -13,11 +13,11 @@ import pytest
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 from tier3.schemas.registry import CAPTURE_JOB
-from tier3.streams.broker_sasl import ScramUser
-from tier3.streams.events import EventProducer, codec_of
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topic_reader import read_to_end
-from tier3.streams.topics import CAPTURE_JOBS, create_topics, describe_topics
+from tier3.streams.kafka.events import EventProducer, codec_of
+from tier3.streams.kafka.reader import read_to_end
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import CAPTURE_JOBS, create_topics, describe_topics
+from tier3.streams.local.sasl_broker import ScramUser
 
 from tests.samples import SAMPLES
 from tests.sasl_broker import SaslBroker, sasl_broker  # noqa: F401 - provides the fixture

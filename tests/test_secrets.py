@@ -22,12 +22,12 @@ from pathlib import Path
 
 import pytest
 import structlog
-from tier3.streams.logs import configure_logging
-from tier3.streams.publisher import Publisher
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.simulate import simulate
-from tier3.streams.topic_reader import read_to_end
-from tier3.streams.topics import expected_topics
+from tier3.streams.backend.publisher import Publisher
+from tier3.streams.demo.simulate import simulate
+from tier3.streams.kafka.reader import read_to_end
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import expected_topics
+from tier3.streams.telemetry.logs import configure_logging
 
 from tests.sasl_broker import SaslBroker, sasl_broker  # noqa: F401 - provides the fixture
 from tests.servers import AnthropicServer

@@ -7,9 +7,9 @@ import os
 import subprocess
 import sys
 
-from tier3.streams import widgets
-from tier3.streams.local_broker import LocalBroker
-from tier3.streams.simulate import simulate
+from tier3.streams.demo.simulate import simulate
+from tier3.streams.local.kafka_broker import LocalBroker
+from tier3.tasks import widgets
 
 from .conftest import fresh_settings
 from .kafka_reading import read_all

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import uuid
 
-from tier3.streams.sampling import RANDOM, Policy, decide
-from tier3.trainers.dataset import split_of
+from tier3.streams.processors.sampling import RANDOM, Policy, decide
+from tier3.trainers.training.dataset import split_of
 
 
 def test_the_eval_share_is_the_same_for_every_sampling_reason() -> None:

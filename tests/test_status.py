@@ -20,10 +20,10 @@ from tier3.schemas.registry import (
     TRAINING_FAILED,
     TRAINING_REQUESTED,
 )
-from tier3.streams.events import EventProducer, consumer
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.status import collect
-from tier3.streams.topics import TRACES, TRAINING_REQUESTS, TRAINING_RESULTS
+from tier3.streams.kafka.events import EventProducer, consumer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import TRACES, TRAINING_REQUESTS, TRAINING_RESULTS
+from tier3.streams.ops.status import collect
 
 from tests.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
 

@@ -14,7 +14,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 def test_tiny_student_loads_with_stock_classes_and_generates(tmp_path):
-    from tier3.trainers.tiny_model import build_tiny_student
+    from tier3.trainers.training.tiny_model import build_tiny_student
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = build_tiny_student(tmp_path / "student")
@@ -32,7 +32,7 @@ def test_tiny_student_loads_with_stock_classes_and_generates(tmp_path):
 
 
 def test_assistant_mask_covers_the_answer_and_end_of_turn_only(tmp_path):
-    from tier3.trainers.tiny_model import EOT, build_tiny_student
+    from tier3.trainers.training.tiny_model import EOT, build_tiny_student
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(build_tiny_student(tmp_path / "student"))
@@ -49,7 +49,7 @@ def test_assistant_mask_covers_the_answer_and_end_of_turn_only(tmp_path):
 
 
 def test_build_is_deterministic_and_cached(tmp_path):
-    from tier3.trainers.tiny_model import build_tiny_student, cached_tiny_student
+    from tier3.trainers.training.tiny_model import build_tiny_student, cached_tiny_student
 
     a = build_tiny_student(tmp_path / "a")
     b = build_tiny_student(tmp_path / "b")

@@ -9,9 +9,8 @@ import sys
 import time
 
 from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource, ResourceType
-from tier3.streams.local_broker import LocalBroker
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import (
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import (
     EXPERIENCES,
     FEEDBACK,
     TRACES,
@@ -19,6 +18,7 @@ from tier3.streams.topics import (
     create_topics,
     describe_topics,
 )
+from tier3.streams.local.kafka_broker import LocalBroker
 
 from .conftest import fresh_settings
 

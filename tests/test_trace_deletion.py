@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 from tier3.consumers.object_store import TraceStore
 from tier3.consumers.settings import CaptureSettings
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.topics import TRACES
-from tier3.streams.trace_deletion import delete_traces
-from tier3.trainers.dataset import build_dataset
-from tier3.trainers.traces_source import read_traces
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import TRACES
+from tier3.streams.ops.trace_deletion import delete_traces
+from tier3.trainers.training.dataset import build_dataset
+from tier3.trainers.training.traces_source import read_traces
 
 from tests.capture_harness import build_worker, latest_traces, make_job, publish_jobs, run_until
 from tests.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
@@ -120,7 +120,7 @@ def test_cli_traces_delete(captured) -> None:
 
 
 def test_a_replay_does_not_bring_a_deleted_trace_back(captured) -> None:
-    from tier3.streams.replay import Replayer, Window
+    from tier3.streams.ops.replay import Replayer, Window
 
     kafka, _, ids = captured
     delete_traces(kafka, [ids[0]])

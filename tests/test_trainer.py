@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 from tier3.schemas.registry import TRAINING_COMPLETED, TRAINING_FAILED
-from tier3.streams.events import EventProducer
-from tier3.streams.settings import LocalSettings
-from tier3.streams.topics import TRACES, TRAINING_REQUESTS, TRAINING_RESULTS
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.settings import LocalSettings
+from tier3.streams.kafka.topics import TRACES, TRAINING_REQUESTS, TRAINING_RESULTS
 
 from tests.conftest import fresh_settings
 from tests.kafka_reading import read_all, read_events
@@ -38,7 +38,7 @@ MODEL = "cc-widget-selector"
 
 @pytest.fixture(scope="module")
 def student() -> Path:
-    from tier3.trainers.tiny_model import cached_tiny_student
+    from tier3.trainers.training.tiny_model import cached_tiny_student
 
     return cached_tiny_student(TINY_CACHE)
 
@@ -49,8 +49,8 @@ def consume(settings, local, config, max_requests=1, linger_s=0.0, **overrides):
     ``linger_s`` keeps each request's worker busy that much longer after its real run, so the
     run outlasts a short max.poll.interval.ms on a machine of any speed.
     """
-    from tier3.trainers.trainer_consumer import TrainerConsumer
-    from tier3.trainers.training_run import TrainingRun
+    from tier3.trainers.training.consumer import TrainerConsumer
+    from tier3.trainers.training.run import TrainingRun
 
     class LongerRun(TrainingRun):
         def handle(self, request):
@@ -155,7 +155,7 @@ def test_offset_committed_and_member_never_evicted(trained):
 def test_manifest_records_split_latest_trace_and_deleted_one(trained):
     import json
 
-    from tier3.trainers.dataset import split_of
+    from tier3.trainers.training.dataset import split_of
 
     done = read_events(trained["settings"], TRAINING_RESULTS)[0][1]
     manifest = json.loads(Path(done["manifest_uri"].removeprefix("file://")).read_text())
@@ -179,7 +179,7 @@ def test_loss_goes_down(trained):
 def test_saved_adapter_loads_with_stock_peft_and_beats_the_base(trained):
     import torch
     from peft import PeftModel
-    from tier3.trainers.dataset import to_messages
+    from tier3.trainers.training.dataset import to_messages
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     done = read_events(trained["settings"], TRAINING_RESULTS)[0][1]
@@ -218,7 +218,7 @@ def test_saved_adapter_loads_with_stock_peft_and_beats_the_base(trained):
 
 
 def _split(trace) -> str:
-    from tier3.trainers.dataset import split_of
+    from tier3.trainers.training.dataset import split_of
 
     return split_of(trace["query_id"], 0.2)
 
@@ -259,7 +259,7 @@ def test_missing_base_model_fails_clearly(kafka, tmp_path):
 
 
 def test_undecodable_request_goes_to_dead_letters_and_the_consumer_goes_on(kafka, tmp_path):
-    from tier3.streams.dead_letters import DeadLetter
+    from tier3.streams.kafka.dead_letters import DeadLetter
 
     producer = EventProducer(kafka)
     producer.raw.produce(kafka.topic(TRAINING_REQUESTS), b"not avro", b"m")
@@ -277,7 +277,7 @@ def test_undecodable_request_goes_to_dead_letters_and_the_consumer_goes_on(kafka
 
 
 def test_merged_weights_on_request_load_as_a_plain_model(kafka, student, tmp_path):
-    from tier3.trainers.training_run import TrainingRun
+    from tier3.trainers.training.run import TrainingRun
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     traces = publish_traces(kafka, 20)
@@ -297,7 +297,7 @@ def test_merged_weights_on_request_load_as_a_plain_model(kafka, student, tmp_pat
 @pytest.mark.slow
 def test_several_processes_train_under_torchrun(kafka, student, tmp_path):
     """nproc_per_node=2 runs the SFT step under torchrun (gloo DDP on this CPU)."""
-    from tier3.trainers.training_run import TrainingRun
+    from tier3.trainers.training.run import TrainingRun
 
     traces = publish_traces(kafka, 30)
     config = tiny_config(student, tmp_path / "training", max_steps=3, nproc_per_node=2)
@@ -314,8 +314,8 @@ def test_several_processes_train_under_torchrun(kafka, student, tmp_path):
 def test_packed_examples_never_see_each_other(student):
     """Padding-free packing puts several examples in one sequence; each must see only itself."""
     import torch
-    from tier3.trainers.config import TrainerConfig
-    from tier3.trainers.sft import load_base
+    from tier3.trainers.training.config import TrainerConfig
+    from tier3.trainers.training.sft import load_base
 
     model, _ = load_base(TrainerConfig(base_model=str(student)), "cpu")
     torch.manual_seed(1)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from tier3.schemas.registry import TRAINING_COMPLETED, TRAINING_REQUESTED
-from tier3.streams.settings import KafkaSettings, LocalSettings
-from tier3.streams.topics import TRAINING_REQUESTS, TRAINING_RESULTS
+from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
+from tier3.streams.kafka.topics import TRAINING_REQUESTS, TRAINING_RESULTS
 
 from tests.kafka_reading import read_events
 from tests.trainer_harness import (
@@ -69,7 +69,7 @@ def test_train_without_enough_traces_does_nothing(kafka, tmp_path):
 
 
 def test_train_force_publish_makes_the_counters_request(kafka, tmp_path):
-    from tier3.streams.training_requests import request_id
+    from tier3.streams.processors.training_requests import request_id
 
     traces = publish_traces(kafka, 5)
     done = tier3("train", "--force", "--publish", env=tier3_env(kafka, tmp_path))
@@ -83,7 +83,7 @@ def test_train_force_publish_makes_the_counters_request(kafka, tmp_path):
 
 
 def test_train_force_trains_here_and_prints_the_result(kafka, tmp_path):
-    from tier3.trainers.tiny_model import cached_tiny_student
+    from tier3.trainers.training.tiny_model import cached_tiny_student
 
     publish_traces(kafka, 20)
     env = tier3_env(
@@ -109,7 +109,7 @@ def test_train_force_trains_here_and_prints_the_result(kafka, tmp_path):
 @pytest.mark.slow
 def test_killed_trainer_resumes_from_its_last_checkpoint(kafka, tmp_path):
     from tier3.trainers.artifacts import RunArtifacts
-    from tier3.trainers.tiny_model import cached_tiny_student
+    from tier3.trainers.training.tiny_model import cached_tiny_student
 
     student = cached_tiny_student(TINY_CACHE)
     traces = publish_traces(kafka, 40)

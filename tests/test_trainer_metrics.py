@@ -9,7 +9,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
-from tier3.streams.settings import KafkaSettings
+from tier3.streams.kafka.settings import KafkaSettings
 
 from .stream_workers import free_port, wait_for
 

@@ -8,11 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from tier3.schemas.registry import TRACE, TRAINING_REQUESTED
-from tier3.streams import widgets
-from tier3.streams.events import EventProducer
-from tier3.streams.settings import KafkaSettings
-from tier3.streams.simulate import simulate
-from tier3.streams.topics import TRACES, TRAINING_REQUESTS
+from tier3.streams.demo.simulate import simulate
+from tier3.streams.kafka.events import EventProducer
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import TRACES, TRAINING_REQUESTS
+from tier3.tasks import widgets
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
 TINY_CACHE = Path(__file__).resolve().parent.parent / ".tier3-test" / "tiny-students"
@@ -60,7 +60,7 @@ def publish_traces(settings: KafkaSettings, count: int, seed: int = 7) -> list[d
 
 
 def request(model: str, query_ids: list[str], request_id: str | None = None) -> dict[str, Any]:
-    from tier3.streams.training_requests import request_id as stable_id
+    from tier3.streams.processors.training_requests import request_id as stable_id
 
     return {
         "request_id": request_id or stable_id(model, query_ids),
@@ -80,7 +80,7 @@ def publish_request(settings: KafkaSettings, record: dict[str, Any]) -> None:
 
 def tiny_config(base_model: Path, work_dir: Path, **overrides: Any):  # -> TrainerConfig
     """A run small enough for a shared 2-core CPU: a dozen steps of a few hundred tokens."""
-    from tier3.trainers.config import TrainerConfig
+    from tier3.trainers.training.config import TrainerConfig
 
     fields = {
         "base_model": str(base_model),

@@ -1,6 +1,6 @@
 """What the fake servers answer by default: the widget task's reference rules, read off the prompt.
 
-The prompt is ``tier3.streams.widgets.render_prompt``'s (``Request: ...`` and ``Context: ...``
+The prompt is ``tier3.tasks.widgets.render_prompt``'s (``Request: ...`` and ``Context: ...``
 lines), so a fake teacher answers as a competent model would (``reference_answer``) and a fake
 student answers a little worse (it always picks a table), which gives evaluation something to
 measure. A prompt that is not the widget task gets a fixed valid answer.
@@ -12,7 +12,7 @@ import json
 import re
 from typing import Any
 
-from tier3.streams.widgets import reference_answer, reference_thinking
+from tier3.tasks.widgets import reference_answer, reference_thinking
 
 _REQUEST = re.compile(r"^Request: (.*)$", re.MULTILINE)
 _CONTEXT = re.compile(r"^Context: (.*)$", re.MULTILINE)

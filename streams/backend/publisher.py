@@ -1,0 +1,296 @@
+"""The backend's side of tier3: publish experiences and feedback without ever slowing a request.
+
+``publish()`` only appends the event to an in-memory queue (about a microsecond) and returns; a
+background sender thread encodes it (Avro, several microseconds) and hands it to librdkafka,
+which batches, compresses and delivers it. So the backend's request path never pays for encoding
+or the network, the design analytics clients (Segment's, Sentry's) settled on.
+
+When the broker is away, events wait in memory and go out once it is back, within
+``delivery_timeout_ms``. ``buffer_messages`` bounds what waits (queued and in librdkafka
+together). What does not fit is handled by ``on_full``:
+
+* ``"drop"`` (default): the event is dropped at once, counted, and logged (at most once a second),
+  because a backend must never stall on analytics;
+* ``"block"``: wait up to ``block_ms`` for room, then drop.
+
+The producer is idempotent with ``acks=all``: retries inside librdkafka never duplicate an event.
+A record that does not fit its schema is counted as ``invalid`` and logged, without its content.
+``publish`` takes a shallow copy of the record, so the caller may reuse its dict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import structlog
+from confluent_kafka import KafkaError, Message, Producer
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import REGISTRY, Collector
+from tier3.schemas import Codec, EncodeError, codec_for
+from tier3.schemas.codec import Record
+from tier3.schemas.registry import EXPERIENCE, FEEDBACK
+from tier3.streams.kafka.settings import CaptureSwitch, KafkaSettings
+from tier3.streams.kafka.topics import EXPERIENCES
+from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC
+
+log = structlog.get_logger("tier3.publisher")
+
+_TOPIC_OF_EVENT = {EXPERIENCE: EXPERIENCES, FEEDBACK: FEEDBACK_TOPIC}
+
+
+@dataclass
+class PublisherStats:
+    """What happened to the events handed to ``publish``; plain ints, read at scrape time."""
+
+    accepted: int = 0
+    dropped: int = 0
+    failed: int = 0
+    invalid: int = 0
+    disabled: int = 0
+    pending: int = 0
+    last_error: str | None = None
+    errors_by_reason: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def delivered(self) -> int:
+        return self.accepted - self.failed - self.invalid - self.pending
+
+
+@dataclass
+class PublisherConfig:
+    buffer_messages: int = 200_000
+    buffer_kbytes: int = 256 * 1024
+    linger_ms: int = 5
+    delivery_timeout_ms: int = 300_000
+    on_full: Literal["drop", "block"] = "drop"
+    block_ms: int = 50
+    compression: str = "lz4"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+_Queued = tuple[str, str, Record]
+
+
+class Publisher:
+    """Publish tier3 events from a backend process. Thread-safe; safe to call from asyncio."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings | None = None,
+        config: PublisherConfig | None = None,
+        *,
+        enabled: bool | None = None,
+        codec: Codec | None = None,
+    ) -> None:
+        self.settings = settings or KafkaSettings()
+        self.config = config or PublisherConfig()
+        self.enabled = CaptureSwitch().enabled if enabled is None else enabled
+        self.stats = PublisherStats()
+        self._codec = codec or codec_for(self.settings.framing, self.settings.schema_registry_url)
+        self._topics = {event: self.settings.topic(t) for event, t in _TOPIC_OF_EVENT.items()}
+        self._queue: deque[_Queued] = deque()
+        self._in_librdkafka = 0  # refreshed by the sender; bounds the buffer with the queue
+        self._last_drop_log = 0.0
+        self._closed = False
+        self._producer: Producer | None = None
+        self._sender: threading.Thread | None = None
+        if self.enabled:
+            self._producer = Producer(self._producer_config())
+            self._sender = threading.Thread(
+                target=self._send_forever, name="tier3-publisher", daemon=True
+            )
+            self._sender.start()
+
+    def _producer_config(self) -> dict[str, Any]:
+        c = self.config
+        return {
+            **self.settings.client_config(),
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": c.linger_ms,
+            "compression.type": c.compression,
+            "queue.buffering.max.messages": c.buffer_messages,
+            "queue.buffering.max.kbytes": c.buffer_kbytes,
+            "message.timeout.ms": c.delivery_timeout_ms,
+            # Successes are counted as accepted minus failures minus pending: one Python callback
+            # per delivered event would cost more than the whole publish() call.
+            "delivery.report.only.error": True,
+            "on_delivery": self._on_delivery,
+            "error_cb": self._on_error,
+            "log_level": 3,
+            **c.extra,
+        }
+
+    # -- the hot path: the caller's thread --
+
+    def publish(self, event: str, key: str, record: Record) -> bool:
+        """Queue one event for delivery. Returns at once: True if queued, False if not."""
+        if self._producer is None:
+            if self._closed:
+                raise RuntimeError("publish() after close(): this publisher is closed")
+            self.stats.disabled += 1
+            return False
+        if event not in self._topics:
+            raise ValueError(
+                f"the backend publisher sends Experience and Feedback events, not {event}; "
+                "use tier3.streams.kafka.events.EventProducer for pipeline events"
+            )
+        if len(self._queue) + self._in_librdkafka >= self.config.buffer_messages:
+            return self._when_full(event, key, record)
+        self._queue.append((event, key, dict(record)))
+        self.stats.accepted += 1
+        return True
+
+    def publish_experience(self, record: Record) -> bool:
+        """Publish an Experience, keyed by its query_id."""
+        return self.publish(EXPERIENCE, record["query_id"], record)
+
+    def publish_feedback(self, record: Record) -> bool:
+        """Publish a Feedback, keyed by its query_id."""
+        return self.publish(FEEDBACK, record["query_id"], record)
+
+    def _when_full(self, event: str, key: str, record: Record) -> bool:
+        if self.config.on_full == "block":
+            deadline = time.monotonic() + self.config.block_ms / 1000
+            while time.monotonic() < deadline:
+                time.sleep(0.0005)
+                if len(self._queue) + self._in_librdkafka < self.config.buffer_messages:
+                    self._queue.append((event, key, dict(record)))
+                    self.stats.accepted += 1
+                    return True
+        self.stats.dropped += 1
+        now = time.monotonic()
+        if now - self._last_drop_log > 1.0:
+            self._last_drop_log = now
+            log.warning(
+                "publisher buffer full: dropping events",
+                dropped_total=self.stats.dropped,
+                buffer_messages=self.config.buffer_messages,
+                policy=self.config.on_full,
+            )
+        return False
+
+    # -- the sender thread --
+
+    def _send_forever(self) -> None:
+        assert self._producer is not None
+        producer, queue = self._producer, self._queue
+        while not self._closed:  # close() has flushed what it could; the rest is reported
+            if not queue:
+                producer.poll(0.001)  # serves delivery reports while idle
+            sent = 0
+            while queue and sent < 10_000:
+                event, key, record = queue[0]
+                if not self._produce(producer, event, key, record):
+                    break  # librdkafka is full (broker away): keep the event, wait
+                queue.popleft()
+                sent += 1
+            producer.poll(0)
+            self._in_librdkafka = len(producer)
+            self.stats.pending = len(queue) + self._in_librdkafka
+
+    def _produce(self, producer: Producer, event: str, key: str, record: Record) -> bool:
+        try:
+            value = self._codec.encode(event, record)
+        except EncodeError as exc:
+            self.stats.invalid += 1
+            self.stats.last_error = str(exc)
+            log.error(
+                "event does not fit its schema; not published", event_type=event, reason=str(exc)
+            )
+            return True
+        try:
+            producer.produce(self._topics[event], value, key.encode())
+        except BufferError:
+            producer.poll(0.05)
+            return False
+        return True
+
+    def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None:
+            return
+        self.stats.failed += 1
+        reason = err.name()
+        self.stats.errors_by_reason[reason] = self.stats.errors_by_reason.get(reason, 0) + 1
+        self.stats.last_error = err.str()
+        if self.stats.failed == 1 or self.stats.failed % 1000 == 0:
+            log.error(
+                "event not delivered",
+                topic=msg.topic(),
+                reason=err.str(),
+                failed_total=self.stats.failed,
+            )
+
+    def _on_error(self, err: KafkaError) -> None:
+        self.stats.last_error = err.str()
+        log.warning("kafka client error", reason=err.str(), fatal=err.fatal())
+
+    # -- lifecycle --
+
+    def flush(self, timeout: float = 30.0) -> int:
+        """Wait until queued events are delivered (or ``timeout``). Returns how many remain."""
+        if self._producer is None:
+            return 0
+        deadline = time.monotonic() + timeout
+        while self._queue and time.monotonic() < deadline:
+            time.sleep(0.005)
+        remaining = self._producer.flush(max(0.0, deadline - time.monotonic())) + len(self._queue)
+        self.stats.pending = remaining
+        return remaining
+
+    def close(self, timeout: float = 30.0) -> int:
+        """Flush and stop. Returns the number of events that could not be delivered in time."""
+        remaining = self.flush(timeout)
+        self._closed = True
+        if self._sender is not None:
+            self._sender.join(timeout=1.0)
+        # Dropping the client ends librdkafka's threads: a closed publisher must not go on
+        # reconnecting to a broker for the rest of the process's life.
+        self._producer = None
+        if remaining:
+            log.error("publisher closed with undelivered events", undelivered=remaining)
+        return remaining
+
+    async def aclose(self, timeout: float = 30.0) -> int:
+        """``close()`` for asyncio code: flushes in a worker thread, not on the event loop."""
+        return await asyncio.to_thread(self.close, timeout)
+
+    def __enter__(self) -> Publisher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def register_metrics(self, registry: Any = REGISTRY) -> None:
+        """Expose this publisher's counters on a Prometheus registry."""
+        registry.register(_PublisherCollector(self.stats))
+
+
+class _PublisherCollector(Collector):
+    def __init__(self, stats: PublisherStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        events = CounterMetricFamily(
+            "tier3_publisher_events", "Events handed to publish(), by outcome", labels=["outcome"]
+        )
+        s = self._stats
+        for outcome, value in (
+            ("accepted", s.accepted),
+            ("delivered", s.delivered),
+            ("failed", s.failed),
+            ("dropped", s.dropped),
+            ("invalid", s.invalid),
+            ("disabled", s.disabled),
+        ):
+            events.add_metric([outcome], value)
+        yield events
+        yield GaugeMetricFamily(
+            "tier3_publisher_pending", "Events queued, not yet delivered", value=s.pending
+        )

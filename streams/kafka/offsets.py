@@ -1,0 +1,142 @@
+"""Offsets of partitions as the broker knows them: watermarks and the first offset at a time.
+
+One place for the ListOffsets requests that the operator tools share (group lag and resets,
+replay windows, status sizes), made through confluent-kafka's ``AdminClient.list_offsets``.
+Partitions are ``(topic, partition)`` pairs, because that is what callers index by.
+
+``read_ranges`` reads the messages between two offsets of each partition with an assigned
+consumer: no group membership and no commit, so reading history never disturbs a stage.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
+from tier3.streams.kafka.settings import KafkaSettings
+
+Partition = tuple[str, int]
+
+_TIMEOUT = 15.0
+
+
+class OffsetLookupError(RuntimeError):
+    """The broker did not answer an offsets request; the message says for which partition."""
+
+
+def _list(admin: AdminClient, parts: list[Partition], spec: Any) -> dict[Partition, int]:
+    found: dict[Partition, int] = {}
+    deadline = time.monotonic() + _TIMEOUT
+    while parts:
+        futures = admin.list_offsets(
+            {TopicPartition(t, p): spec for t, p in parts}, request_timeout=_TIMEOUT
+        )
+        retry = []
+        for tp, future in futures.items():
+            try:
+                found[(tp.topic, tp.partition)] = future.result(timeout=_TIMEOUT).offset
+            except KafkaException as exc:
+                # A partition just created, or moving leader, answers "not leader" for a moment.
+                if exc.args[0].retriable() and time.monotonic() < deadline:
+                    retry.append((tp.topic, tp.partition))
+                    continue
+                raise OffsetLookupError(f"offsets of {tp.topic}[{tp.partition}]: {exc}") from exc
+            except Exception as exc:
+                raise OffsetLookupError(f"offsets of {tp.topic}[{tp.partition}]: {exc}") from exc
+        if retry:
+            time.sleep(0.2)
+        parts = retry
+    return found
+
+
+def watermarks(
+    admin: AdminClient, partitions: Iterable[Partition]
+) -> dict[Partition, tuple[int, int]]:
+    """``(low, high)`` of each partition: the first retained offset and the next to be written."""
+    parts = list(partitions)
+    low = _list(admin, parts, OffsetSpec.earliest())
+    high = _list(admin, parts, OffsetSpec.latest())
+    return {p: (low[p], high[p]) for p in parts}
+
+
+def offsets_for_time(
+    admin: AdminClient, partitions: Iterable[Partition], ms: int
+) -> dict[Partition, int]:
+    """The first offset whose timestamp is at or after ``ms`` (ms since the epoch); -1 if none."""
+    return _list(admin, list(partitions), OffsetSpec.for_timestamp(ms))
+
+
+def partitions_of(admin: AdminClient, topic: str) -> list[Partition]:
+    """Every partition of ``topic``; ``LookupError`` if the topic does not exist."""
+    meta = admin.list_topics(topic, timeout=_TIMEOUT).topics.get(topic)
+    if meta is None or meta.error is not None:
+        raise LookupError(f"topic {topic} does not exist")
+    return [(topic, p) for p in sorted(meta.partitions)]
+
+
+@dataclass(frozen=True)
+class Range:
+    """Offsets ``start`` ≤ offset < ``end`` of one partition."""
+
+    topic: str
+    partition: int
+    start: int
+    end: int
+
+    @property
+    def size(self) -> int:
+        return self.end - self.start
+
+
+class RangeReadError(RuntimeError):
+    """A range that could not be read to its end in time."""
+
+
+def read_ranges(
+    settings: KafkaSettings, ranges: list[Range], timeout: float = 60.0
+) -> Iterator[Message]:
+    """Every message in ``ranges``, partition by partition in offset order. No group, no commit."""
+    todo = {r.partition: r for r in ranges if r.size > 0}
+    if not todo:
+        return
+    topic = next(iter(todo.values())).topic
+    c = Consumer(
+        {
+            **settings.client_config(),
+            "group.id": f"tier3-replay-{uuid.uuid4()}",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "log_level": 3,
+        }
+    )
+    try:
+        c.assign([TopicPartition(topic, r.partition, r.start) for r in todo.values()])
+        deadline = time.monotonic() + timeout
+        while todo:
+            if time.monotonic() > deadline:
+                raise RangeReadError(f"{topic}: window not read within {timeout:.0f}s")
+            msg = c.poll(0.5)
+            if msg is None:
+                continue
+            r = todo.get(msg.partition())
+            if msg.error():
+                # End of partition: compaction or transaction markers can leave the window's last
+                # offsets without a message, so reaching the log's end also finishes the range.
+                if msg.error().code() == KafkaError._PARTITION_EOF and r is not None:
+                    todo.pop(r.partition)
+                continue
+            if r is None or msg.offset() >= r.end:
+                if r is not None:
+                    todo.pop(r.partition)
+                continue
+            deadline = time.monotonic() + timeout
+            yield msg
+            if msg.offset() + 1 >= r.end:
+                todo.pop(r.partition)
+    finally:
+        c.close()

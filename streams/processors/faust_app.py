@@ -1,0 +1,416 @@
+"""The Faust application under tier3's stream processors (the sampler and the counter).
+
+What both processors share lives here, once:
+
+* **One app per role.** ``make_app(settings, "sampler", workdir)`` gives a ``faust.App`` whose id
+  (the consumer group, and the stem of its tables' changelog topics) is the role under the
+  deployment's topic prefix, e.g. ``tier3.sampler``. Two workers of one role share the work; the
+  sampler and the counter are separate apps and separate processes, so each scales and restarts
+  on its own and a slow one never holds the other back.
+* **Raw bytes in, tier3's codec by hand.** Faust hands the processors undecoded bytes
+  (``value_serializer='raw'``); they decode with ``tier3.schemas`` themselves, so an event that
+  does not decode is caught where it can still go to its topic's dead-letter topic, with the
+  reason in the same headers every tier3 stage writes (``dead_letter_headers``).
+* **In-memory tables, backed by changelogs.** State lives in dicts; every change is also written
+  to a compacted changelog topic, from which a restarted or newly assigned worker rebuilds it.
+  Nothing on local disk needs keeping, so a worker can move to another machine freely.
+* **At-least-once, not Faust's exactly_once.** faust-streaming's transactional mode is known to
+  duplicate output and to crash on rebalance (faust-streaming/faust issues 177, 323 and 517), so
+  the processors run at-least-once (Faust flushes every produced record before it commits an
+  input offset) and make their outputs idempotent themselves; docs/stream-processing.md has the
+  details.
+* **Metrics** on the process' Prometheus registry: events in by outcome, table sizes, consumer lag.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import faust
+import structlog
+from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.consumer import ensure_TP
+from faust.transport.producer import ProducerBuffer
+from faust.types import TP
+from prometheus_client import Counter, Gauge
+from tier3.streams.kafka.dead_letters import dead_letter_headers
+from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import DLQ_SUFFIX, TopicSpec, create_named_topics
+
+log = structlog.get_logger("tier3.faust")
+
+EVENTS_IN = Counter(
+    "tier3_processor_events",
+    "Events a stream processor read, by role, topic and what became of them",
+    ["role", "topic", "outcome"],
+)
+TABLE_ENTRIES = Gauge(
+    "tier3_processor_table_entries", "Entries held in a processor's table", ["role", "table"]
+)
+CONSUMER_LAG = Gauge(
+    "tier3_processor_consumer_lag",
+    "Messages not yet read in an assigned partition (high watermark minus position)",
+    ["role", "topic", "partition"],
+)
+
+RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+# Faust's producer buffer (behind table writes and send_soon) flushes itself when it holds more
+# than 100 records, and that flush waits up to 0.1 s per record on an event that is easily
+# missed: measured here, it capped a worker near 1,000 events/s. A larger buffer lets the
+# records flow to aiokafka's own batching instead; Faust still flushes all of them before it
+# commits an offset, so the at-least-once guarantee does not change.
+ProducerBuffer.max_messages = 20_000
+
+
+async def _perform_seek(self: FaustConsumer) -> None:
+    """Seek every assigned partition to its committed offset, or to its beginning if none.
+
+    Faust's own ``perform_seek`` is the step that undoes a rebalance's lost reads: while a worker
+    recovers its tables, Faust fetches records of its source partitions and drops them (they are
+    paused), then seeks each partition back to its committed offset. But aiokafka skips that seek
+    where the group has no offset yet, or offset 0, so a worker taking over from one killed
+    before its first commit started past records nobody had processed. Measured here: 4 restarts
+    in 8 lost every event published after the kill. Starting such partitions at the beginning is
+    what ``auto_offset_reset='earliest'`` means; offset 0, where retention removed it, resets to
+    the earliest offset still kept.
+    """
+    committed = await self.seek_to_committed()
+    changelogs = self.app.tables.changelog_topics
+    fresh = {tp: 0 for tp, offset in committed.items() if not offset and tp.topic not in changelogs}
+    if fresh:
+        await self.seek_wait(fresh)
+    self._read_offset.update(
+        {tp: offset if offset is not None and offset >= 0 else None
+         for tp, offset in committed.items()}
+    )
+    self._committed_offset.update(
+        {ensure_TP(tp): offset or None for tp, offset in committed.items() if offset is not None}
+    )
+
+
+FaustConsumer.perform_seek = _perform_seek  # type: ignore[method-assign]
+
+
+def _credentials(settings: KafkaSettings) -> faust.auth.Credentials | None:
+    """The broker credentials of ``settings``, as Faust (aiokafka) wants them."""
+    protocol = settings.security_protocol
+    context = None
+    if protocol.endswith("SSL"):
+        context = ssl.create_default_context(cafile=settings.ssl_ca_location)
+        if settings.ssl_certificate_location:
+            context.load_cert_chain(settings.ssl_certificate_location, settings.ssl_key_location)
+    if protocol.startswith("SASL"):
+        password = settings.password()
+        if not settings.sasl_username or password is None:
+            raise ValueError(
+                "SASL is on but TIER3_SASL_USERNAME and TIER3_SASL_PASSWORD(_FILE) are not set"
+            )
+        return faust.SASLCredentials(
+            username=settings.sasl_username,
+            password=password.get_secret_value(),
+            mechanism=settings.sasl_mechanism,
+            ssl_context=context,
+        )
+    if context is not None:
+        return faust.SSLCredentials(context)
+    return None
+
+
+def make_app(
+    settings: KafkaSettings,
+    role: str,
+    workdir: Path,
+    session_timeout_s: float = 30.0,
+    **overrides: Any,
+) -> faust.App:
+    """A Faust app for one processor role, configured from tier3's settings.
+
+    ``session_timeout_s`` is how long the group waits for a worker that stopped answering (one
+    that crashed) before its partitions go to the others; a clean stop hands them over at once.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        settings.topic(role),
+        broker=[f"kafka://{host.strip()}" for host in settings.bootstrap_servers.split(",")],
+        broker_credentials=_credentials(settings),
+        store="memory://",
+        datadir=str(workdir),
+        autodiscover=False,
+        web_enabled=False,  # metrics go through prometheus_client on --metrics-port instead
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication_factor,
+        table_standby_replicas=0,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        producer_acks=-1,
+        broker_session_timeout=session_timeout_s,
+        broker_heartbeat_interval=min(3.0, session_timeout_s / 4),
+        **overrides,
+    )
+
+
+def create_internal_topics(app: faust.App, settings: KafkaSettings) -> None:
+    """Create the app's changelog and leader topics before its worker starts.
+
+    Faust creates them itself as the worker starts, but does not wait until the broker's
+    metadata shows them: a group that forms before then leaves the topic out of the assignment
+    ("Ignoring missing topic"), so a table's changelog is not recovered, or an agent never reads.
+    Seen here on a loaded broker; creating them first, and waiting for leaders, rules it out.
+    """
+    compacted = {"cleanup.policy": "compact"}
+    specs = {
+        table.changelog_topic_name: TopicSpec(
+            table.changelog_topic_name, table.partitions or settings.partitions, compacted
+        )
+        for table in app.tables.values()
+    }
+    leader = f"{app.conf.id}-__assignor-__leader"
+    specs[leader] = TopicSpec(leader, 1)
+    create_named_topics(settings, specs)
+
+
+def raw_topic(app: faust.App, *names: str, **options: Any) -> faust.TopicT:
+    """A topic (or several, read as one stream) whose keys and values stay bytes."""
+    return app.topic(*names, **RAW, **options)
+
+
+def raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
+    """A table of bytes to bytes in memory, kept in a compacted changelog topic."""
+    # bytes as key and value types is what makes Faust's changelog serializers 'raw'.
+    return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
+
+
+def put(table: faust.Table, partition: int, key: bytes, value: bytes) -> None:
+    """Set ``key`` in ``table`` and its changelog partition, from inside or outside an event.
+
+    Faust's own ``table[key] = value`` takes the partition from the event being processed, so it
+    fails in timers and delivery callbacks, which have none; the processors' writes all name
+    the partition instead, one way everywhere.
+    """
+    table.data[key] = value
+    table.send_changelog(partition, key, value)
+
+
+def drop(table: faust.Table, partition: int, key: bytes) -> None:
+    """Delete ``key`` from ``table`` and tombstone it in the changelog (see ``put``)."""
+    if table.data.pop(key, None) is not None:
+        table.send_changelog(partition, key, None, value_serializer="raw")
+
+
+class DeadLetters:
+    """Sends messages that cannot be processed to ``<topic>.dlq``, with the reason in headers."""
+
+    def __init__(self, app: faust.App, role: str, sources: list[str]) -> None:
+        self.role = role
+        self._topics = {name: raw_topic(app, name + DLQ_SUFFIX) for name in sources}
+
+    def send(self, message: Any, reason: str, error_type: str) -> None:
+        """Queue ``message`` (a Faust message) for its dead-letter topic.
+
+        The source offset is not committed before the dead letter is acknowledged: Faust flushes
+        every pending record before it commits, so a crash in between sends the letter again.
+        """
+        headers = dead_letter_headers(
+            message.topic, message.partition, message.offset, reason, error_type, self.role
+        )
+        self._topics[message.topic].send_soon(
+            key=message.key, value=message.value, headers=headers, partition=0
+        )
+        EVENTS_IN.labels(self.role, message.topic, "dead_letter").inc()
+        log.warning(
+            "dead letter",
+            role=self.role,
+            topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            reason=reason,
+        )
+
+
+class PartitionBook:
+    """Which partitions this worker owns, how far it has read each one, and its consumer lag.
+
+    Every two seconds it publishes the lag of each source partition and watches for a stall:
+    when a ready worker reads nothing for two checks in a row while its lag is above zero, it
+    asks the group to rebalance. A safety net: the stall it was written for (a worker restarted
+    after a crash reading nothing) had its cause in Faust's seek, fixed by ``_perform_seek``.
+    """
+
+    # Past these, a rebalance is not enough: the worker starts afresh (``restart_in_place``).
+    STUCK_NOT_READY_S = 60.0
+    TIMERS_SILENT_S = 60.0
+    REJOINS_BEFORE_RESTART = 3
+
+    def __init__(self, app: faust.App, role: str, sources: list[str]) -> None:
+        self.app = app
+        self.role = role
+        self.sources = set(sources)
+        self.read: dict[TP, int] = {}
+        self.lag = 0
+        self._lag_labels: set[tuple[str, str]] = set()
+        self._last_progress = -1
+        self._idle_checks = 0
+        self._rejoins = 0
+        self._not_ready_since: float | None = None
+        self._heartbeat = time.monotonic()
+        app.timer(2.0, name=f"{app.conf.id}.partitions")(self.check)
+        threading.Thread(target=self._dead_mans_switch, name="tier3-watchdog", daemon=True).start()
+
+    def _dead_mans_switch(self) -> None:
+        """Restart the worker when its timers stop: seen after a restart's recovery, when the
+        tables were rebuilt and then neither the timers nor the stream ran again."""
+        while True:
+            time.sleep(5)
+            silent = time.monotonic() - self._heartbeat
+            if silent > self.TIMERS_SILENT_S:
+                restart_in_place(f"no timer has run for {silent:.0f}s")
+
+    def owned_partitions(self, topic: str) -> set[int]:
+        """Partitions of ``topic`` this worker owns, once settled (no rebalance or recovery)."""
+        if not self.ready():
+            return set()
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == topic}
+
+    def ready(self) -> bool:
+        """True when the tables are recovered and no rebalance is going on."""
+        recovery = self.app.tables.recovery
+        return not self.app.rebalancing and recovery.completed.is_set() and not recovery.in_recovery
+
+    async def check(self) -> None:
+        self._heartbeat = time.monotonic()
+        await self._update_lag()
+        progress = sum(self.read.values())
+        ready = self.ready()
+        now = time.monotonic()
+        if ready:
+            self._not_ready_since = None
+        elif self._not_ready_since is None:
+            self._not_ready_since = now
+        elif now - self._not_ready_since > self.STUCK_NOT_READY_S:
+            restart_in_place(f"not ready (recovery or rebalance) for {self.STUCK_NOT_READY_S:.0f}s")
+        if not ready or self.lag == 0 or progress != self._last_progress:
+            if progress != self._last_progress:
+                self._rejoins = 0
+            self._last_progress, self._idle_checks = progress, 0
+            return
+        self._idle_checks += 1
+        if self._idle_checks >= 2:
+            if self._rejoins >= self.REJOINS_BEFORE_RESTART:
+                restart_in_place(
+                    f"idle while lagging ({self.lag}) after {self._rejoins} rebalances"
+                )
+            log.warning("stream idle while lagging; asking the group to rebalance", lag=self.lag)
+            self._idle_checks = 0
+            self._rejoins += 1
+            await self._rejoin()
+
+    async def _rejoin(self) -> None:
+        # aiokafka's consumer lives on Faust's consumer thread: ask it there.
+        thread = self.app.consumer._thread
+
+        async def rejoin() -> None:
+            thread._ensure_consumer()._coordinator.request_rejoin()
+
+        await thread.call_thread(rejoin)
+
+    async def _update_lag(self) -> None:
+        consumer = self.app.consumer
+        tps = [tp for tp in consumer.assignment() if tp.topic in self.sources]
+        try:
+            # The broker's end offsets, not the fetcher's: a partition this worker has not
+            # fetched yet (just taken over, or stalled) has no watermark in the fetcher.
+            ends = await consumer.highwaters(*tps) if tps else {}
+        except Exception as exc:  # the broker is away: keep the last figures
+            log.warning("end offsets not available for lag", error=repr(exc))
+            return
+        seen: set[tuple[str, str]] = set()
+        total = 0
+        for tp, high in ends.items():
+            if high is None:
+                continue
+            # Where reading stands: past the last event processed, or, for a partition not
+            # read yet here, the consumer's position (the committed offset it starts from).
+            position = self.read.get(tp, -1) + 1
+            if position == 0:
+                position = await consumer.position(tp) or 0
+            lag = max(0, high - position)
+            labels = (tp.topic, str(tp.partition))
+            CONSUMER_LAG.labels(self.role, *labels).set(lag)
+            seen.add(labels)
+            total += lag
+        for labels in self._lag_labels - seen:  # partitions given away: stop reporting them
+            CONSUMER_LAG.remove(self.role, *labels)
+        self._lag_labels = seen
+        self.lag = total
+
+
+def each_message(
+    app: faust.App, topic: faust.TopicT, name: str, fun: Callable[[Any], None]
+) -> None:
+    """Run ``fun`` on every message of ``topic`` (raw key, value, topic, partition, offset),
+    in one Faust agent named ``<app id>.<name>``."""
+
+    async def agent(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            fun(event.message)
+
+    agent.__name__ = agent.__qualname__ = f"{fun.__qualname__}_agent"
+    app.agent(topic, name=f"{app.conf.id}.{name}")(agent)
+
+
+def every(app: faust.App, seconds: float, fun: Callable[[], None]) -> None:
+    """Run ``fun`` on the worker's event loop every ``seconds`` (a Faust timer)."""
+
+    async def tick() -> None:
+        fun()
+
+    tick.__name__ = tick.__qualname__ = f"{fun.__qualname__}_timer"
+    app.timer(seconds, name=f"{app.conf.id}.{fun.__qualname__}")(tick)
+
+
+def restart_in_place(reason: str) -> NoReturn:
+    """Start this worker afresh in the same process (``exec``): same pid, clean Faust state.
+
+    The cure for the stalls above, and for a worker that could not reach the broker while it
+    started: what a supervisor would do, without one, and without leaving a child behind when
+    the process is killed. Tables recover from their changelogs as after any restart. Repeated
+    restarts back off, up to 30 s apart.
+    """
+    restarts = int(os.environ.get("TIER3_WORKER_RESTARTS", "0"))
+    delay = min(30.0, 2.0**restarts)
+    log.error("restarting the worker", reason=reason, restarts=restarts, after_s=delay)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    time.sleep(delay)
+    os.environ["TIER3_WORKER_RESTARTS"] = str(restarts + 1)
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+
+def run_worker(app: faust.App, loglevel: str = "warning") -> None:
+    """Run the app's worker in this process until SIGINT or SIGTERM (then stop cleanly).
+
+    A worker that ends with an error (the broker unreachable at start-up, say) starts again.
+    """
+    worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
+    # Faust's start-up spinner sets the root logger to DEBUG so that every record turns it:
+    # measured here, building the aiokafka and Faust debug records nobody reads took ~7% of a
+    # busy sampler's time. It also wrote terminal escapes into the logs.
+    worker.spinner = None
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        # A stop asked for by SIGTERM or SIGINT is not a failure: only the others restart.
+        if exc.code not in (0, None) and worker._signal_stop_time is None:
+            restart_in_place(f"the worker exited with {exc.code}")
+        raise

@@ -1,0 +1,250 @@
+"""From a finished training run to a deployed model: evaluate, gate, export, deploy.
+
+``Release.handle(completed)`` takes a TrainingCompleted record and:
+
+1. fetches the run's manifest and weights from object storage (the merged weights when the run
+   saved them, else the base merged with the adapter here);
+2. rebuilds the held-out split the manifest names from the live traces, asks the student
+   (``transformers`` generate) and evaluates it against the teacher's answers;
+3. writes the readable report next to the run's artefacts (``<run>/eval/report.md``) and emits
+   EvalReport with the gate's decision and reasons on training-results;
+4. if the gate passed (and an Ollama client is configured): exports the GGUF, uploads it
+   (``<run>/gguf/``), registers it in Ollama quantized to q4_k_m and emits ModelDeployed.
+
+``ReleaseConsumer`` runs this for every TrainingCompleted on training-results as its own
+consumer group (``tier3 run release``), which is how evaluation happens by itself after each
+training without the trainer waiting for it. An event that does not decode goes to the topic's
+dead-letter topic; offsets are committed only after the run's events are acknowledged. A
+request that already has an EvalReport is not evaluated again (replays and redeliveries).
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import structlog
+from confluent_kafka import Message
+from tier3.schemas import DecodeError
+from tier3.schemas.codec import Record
+from tier3.schemas.registry import EVAL_REPORT, TRAINING_COMPLETED
+from tier3.streams.backend.ab_test import compare, read_ratings
+from tier3.streams.kafka.dead_letters import send_dead_letter
+from tier3.streams.kafka.events import EventProducer, codec_of, consumer
+from tier3.streams.kafka.reader import read_to_end
+from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
+from tier3.streams.kafka.topics import TRAINING_RESULTS
+from tier3.trainers.artifacts import RunArtifacts
+from tier3.trainers.release.evaluate import (
+    AnswerValidator,
+    EvalMetrics,
+    evaluate,
+    generate_with_transformers,
+    held_out_from_traces,
+    write_report,
+)
+from tier3.trainers.release.gate import GateDecision, GateThresholds, decide
+from tier3.trainers.release.gguf_export import GGUF_NAME, export_gguf, merge_adapter
+from tier3.trainers.release.ollama_deploy import DEFAULT_NAME, deploy
+from tier3.trainers.training.traces_source import read_traces
+
+log = structlog.get_logger("tier3.release")
+
+
+@dataclass
+class ReleaseOptions:
+    thresholds: GateThresholds = field(default_factory=GateThresholds)
+    tolerance: float = 0.1
+    schema_file: str | None = None
+    max_examples: int | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 8
+    ollama_client: Any = None  # None: evaluate and gate, deploy nothing
+    ollama_name: str = DEFAULT_NAME
+
+
+@dataclass
+class Released:
+    metrics: EvalMetrics
+    decision: GateDecision
+    eval_report: Record
+    deployed: Record | None
+
+
+def fetch_dir(uri: str, local: Path) -> Path:
+    """Copy a folder from object storage to ``local``."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    local.mkdir(parents=True, exist_ok=True)
+    fs.get(path.rstrip("/") + "/", str(local) + "/", recursive=True)
+    return local
+
+
+def read_json(uri: str) -> dict[str, Any]:
+    fs, path = fsspec.core.url_to_fs(uri)
+    return json.loads(fs.cat_file(path))
+
+
+def weights_of(completed: Record, work: Path) -> Path:
+    """A local folder with the run's merged weights (merging the adapter if need be)."""
+    if completed.get("merged_uri"):
+        return fetch_dir(completed["merged_uri"], work / "merged")
+    adapter = fetch_dir(completed["adapter_uri"], work / "adapter")
+    return merge_adapter(completed["base_model"], adapter, work / "merged")
+
+
+class Release:
+    """Evaluate a finished run, and deploy it when it passes the gate."""
+
+    def __init__(
+        self,
+        settings: KafkaSettings,
+        local: LocalSettings,
+        options: ReleaseOptions | None = None,
+        producer: EventProducer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.local = local
+        self.options = options or ReleaseOptions()
+        self.producer = producer or EventProducer(settings)
+
+    def handle(self, completed: Record) -> Released:
+        o = self.options
+        model, request_id = completed["model"], completed["request_id"]
+        artifacts = RunArtifacts(self.local.object_root, model, request_id)
+        with tempfile.TemporaryDirectory(prefix="tier3-release-") as tmp:
+            work = Path(tmp)
+            manifest = read_json(completed["manifest_uri"])
+            examples = held_out_from_traces(manifest, read_traces(self.settings).traces)
+            if o.max_examples:
+                examples = examples[: o.max_examples]
+            checkpoint = weights_of(completed, work)
+            replies = generate_with_transformers(
+                checkpoint, examples, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size
+            )
+            metrics = evaluate(
+                examples, replies, tolerance=o.tolerance, validator=AnswerValidator(o.schema_file)
+            )
+            ratings = compare(read_ratings(self.settings))
+            # The ratings are of what serves now, not of this candidate: shown, not gated on.
+            decision = decide(metrics, o.thresholds)
+            write_report(
+                metrics,
+                work / "eval",
+                title=f"{model}: evaluation of {request_id}",
+                decision=decision,
+                ratings=ratings,
+            )
+            report_uri = artifacts.upload_dir(work / "eval", "eval") + "/report.md"
+            eval_record = eval_report_record(
+                metrics, decision, ratings, request_id, model, report_uri
+            )
+            self.producer.send_and_wait(TRAINING_RESULTS, EVAL_REPORT, model, eval_record)
+            log.info("evaluated", request_id=request_id, passed=decision.passed, report=report_uri)
+            deployed = None
+            if decision.passed and o.ollama_client is not None:
+                gguf = export_gguf(checkpoint, work / "gguf" / GGUF_NAME, name=model)
+                gguf_uri = artifacts.upload_dir(work / "gguf", "gguf") + f"/{GGUF_NAME}"
+                deployed = deploy(
+                    self.settings,
+                    o.ollama_client,
+                    gguf_path=gguf.path,
+                    decision=decision,
+                    request_id=request_id,
+                    model=model,
+                    ollama_name=o.ollama_name,
+                    gguf_uri=gguf_uri,
+                    manifest_uri=completed["manifest_uri"],
+                    eval_report_uri=report_uri,
+                    producer=self.producer,
+                )
+        return Released(metrics, decision, eval_record, deployed)
+
+
+def eval_report_record(
+    metrics: EvalMetrics,
+    decision: GateDecision,
+    ratings: Any,
+    request_id: str,
+    model: str,
+    report_uri: str,
+) -> Record:
+    """The EvalReport event of an evaluation."""
+    return {
+        "request_id": request_id,
+        "model": model,
+        "created_at": int(time.time() * 1000),
+        "examples": metrics.examples,
+        "json_validity_rate": metrics.json_validity_rate,
+        "score_match_rate": metrics.score_match_rate,
+        "selection_agreement": metrics.selection_agreement,
+        "student_latency_p50_ms": metrics.student_latency_p50_ms,
+        "student_latency_p95_ms": metrics.student_latency_p95_ms,
+        "teacher_latency_p50_ms": metrics.teacher_latency_p50_ms,
+        "teacher_latency_p95_ms": metrics.teacher_latency_p95_ms,
+        "rating_by_variant": ratings.rating_by_variant if ratings is not None else {},
+        "rating_p_value": ratings.p_value if ratings is not None else None,
+        "passed": decision.passed,
+        "reasons": decision.reasons,
+        "report_uri": report_uri,
+    }
+
+
+def eval_reports(settings: KafkaSettings, timeout: float = 30.0) -> dict[str, Record]:
+    """The latest EvalReport of each request id on training-results."""
+    codec = codec_of(settings)
+    found: dict[str, Record] = {}
+    for msg in read_to_end(settings, TRAINING_RESULTS, timeout):
+        try:
+            decoded = codec.decode(msg.value())
+        except DecodeError:
+            continue
+        if decoded.name == EVAL_REPORT:
+            found[decoded.record["request_id"]] = decoded.record
+    return found
+
+
+class ReleaseConsumer:
+    """The release stage as a consumer group on training-results."""
+
+    def __init__(self, release: Release, group: str = "tier3-release") -> None:
+        self.release = release
+        self.settings = release.settings
+        self.codec = codec_of(self.settings)
+        # An evaluation on a CPU can take longer than the default 5 minutes between polls.
+        self.consumer = consumer(self.settings, group, **{"max.poll.interval.ms": 3_600_000})
+        self.consumer.subscribe([self.settings.topic(TRAINING_RESULTS)])
+
+    def run(self, stop: threading.Event, max_runs: int | None = None) -> int:
+        done = 0
+        try:
+            while not stop.is_set() and (max_runs is None or done < max_runs):
+                msg = self.consumer.poll(0.5)
+                if msg is None or msg.error():
+                    continue
+                done += self._handle(msg)
+                self.consumer.commit(message=msg, asynchronous=False)
+        finally:
+            self.consumer.close()
+        return done
+
+    def _handle(self, msg: Message) -> int:
+        try:
+            decoded = self.codec.decode(msg.value())
+        except DecodeError as exc:
+            send_dead_letter(self.release.producer, msg, str(exc), "DecodeError", "release")
+            self.release.producer.flush()
+            return 0
+        if decoded.name != TRAINING_COMPLETED:
+            return 0
+        request_id = decoded.record["request_id"]
+        if request_id in eval_reports(self.settings):
+            log.info("already evaluated", request_id=request_id)
+            return 0
+        self.release.handle(decoded.record)
+        return 1
