@@ -15,9 +15,9 @@ from tier3.trainers.release.evaluate import (
     generate_with_transformers,
     held_out_from_traces,
     percentile,
-    write_report,
 )
 from tier3.trainers.release.gate import GateThresholds, decide
+from tier3.trainers.release.report import write_report
 
 TEACHER = {
     "widgets": ["bar_chart", "alert_list"],

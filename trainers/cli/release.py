@@ -112,9 +112,9 @@ def _evaluate_served(
         evaluate,
         held_out_from_traces,
         replies_from,
-        write_report,
     )
     from tier3.trainers.release.gate import decide
+    from tier3.trainers.release.report import write_report
     from tier3.trainers.training.traces_source import read_traces
 
     kafka = KafkaSettings()

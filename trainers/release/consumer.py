@@ -47,11 +47,11 @@ from tier3.trainers.release.evaluate import (
     evaluate,
     generate_with_transformers,
     held_out_from_traces,
-    write_report,
 )
 from tier3.trainers.release.gate import GateDecision, GateThresholds, decide
 from tier3.trainers.release.gguf_export import GGUF_NAME, export_gguf, merge_adapter
 from tier3.trainers.release.ollama_deploy import DEFAULT_NAME, deploy
+from tier3.trainers.release.report import write_report
 from tier3.trainers.training.traces_source import read_traces
 
 log = structlog.get_logger("tier3.release")
