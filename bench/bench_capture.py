@@ -1,10 +1,11 @@
 """Benchmark: one ``tier3 run capture`` process against a teacher that answers after 1 s.
 
 Budget (design): with a 1 s teacher, one process keeps >= 200 jobs in flight and makes >= 150
-traces/s. The teacher is the fake Anthropic Messages API (``python -m tests.servers anthropic``)
-and the student the fake Ollama API, each in its own process, talked to by the real SDKs; the
-broker is real. Jobs are published first, then the capture process is started; its Prometheus
-endpoint is sampled every 0.25 s for jobs done and jobs in flight, and its RSS with psutil.
+traces/s. The teacher is the fake Anthropic Messages API
+(``python -m tests.support.servers anthropic``) and the student the fake Ollama API, each in its
+own process, talked to by the real SDKs; the broker is real. Jobs are published first, then the
+capture process is started; its Prometheus endpoint is sampled every 0.25 s for jobs done and
+jobs in flight, and its RSS with psutil.
 
 Two runs in the same session, same machine:
   * baseline: ``--concurrency 1`` (one job at a time, what a plain poll-process-commit loop does);
@@ -54,7 +55,7 @@ def free_port() -> int:
 
 def start_server(api: str, delay: float) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.servers", api, "--delay", str(delay)],
+        [sys.executable, "-m", "tests.support.servers", api, "--delay", str(delay)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, text=True,
     )
     return proc, proc.stdout.readline().strip()

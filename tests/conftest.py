@@ -20,7 +20,7 @@ from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import create_topics
 from tier3.streams.local.kafka_broker import LocalBroker
 
-from tests.stream_workers import Worker
+from tests.support.stream_workers import Worker
 
 TEST_HOME = Path(
     os.environ.get("TIER3_TEST_HOME", Path(__file__).resolve().parent.parent / ".tier3-test")

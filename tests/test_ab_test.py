@@ -22,7 +22,7 @@ from tier3.streams.kafka.events import EventProducer
 from tier3.streams.kafka.topics import EXPERIENCES, TRAINING_RESULTS
 from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC
 
-from tests.kafka_reading import read_all
+from tests.support.kafka_reading import read_all
 
 
 @pytest.mark.parametrize("seed", range(6))

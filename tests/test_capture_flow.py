@@ -20,7 +20,7 @@ from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import CAPTURE_JOBS, DLQ_SUFFIX
 from tier3.tasks.widgets import parse_answer, reference_answer
 
-from tests.capture_harness import (
+from tests.support.capture_harness import (
     behind,
     build_worker,
     latest_traces,
@@ -29,8 +29,8 @@ from tests.capture_harness import (
     publish_jobs,
     run_until,
 )
-from tests.kafka_reading import read_all
-from tests.servers import MALFORMED_ANSWER, AnthropicServer, Fault, OllamaServer
+from tests.support.kafka_reading import read_all
+from tests.support.servers import MALFORMED_ANSWER, AnthropicServer, Fault, OllamaServer
 
 
 @pytest.fixture

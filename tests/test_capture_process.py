@@ -19,9 +19,15 @@ from tier3.consumers.object_store import TraceStore
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import TRACES
 
-from tests.capture_harness import committed, end_offsets, latest_traces, make_job, publish_jobs
-from tests.kafka_reading import read_all
-from tests.servers import AnthropicServer, OllamaServer
+from tests.support.capture_harness import (
+    committed,
+    end_offsets,
+    latest_traces,
+    make_job,
+    publish_jobs,
+)
+from tests.support.kafka_reading import read_all
+from tests.support.servers import AnthropicServer, OllamaServer
 
 pytestmark = pytest.mark.slow
 

@@ -14,8 +14,8 @@ from tier3.streams.kafka.events import EventProducer
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import TRAINING_RESULTS
 
-from .kafka_reading import read_all
-from .samples import SAMPLES
+from tests.support.kafka_reading import read_all
+from tests.support.samples import SAMPLES
 
 codec = SingleObjectCodec()
 

@@ -14,8 +14,8 @@ from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import TRACES, TRAINING_REQUESTS
 from tier3.streams.processors.training_requests import request_id
 
-from tests.kafka_reading import read_all, read_events
-from tests.stream_workers import Worker, wait_for
+from tests.support.kafka_reading import read_all, read_events
+from tests.support.stream_workers import Worker, wait_for
 
 pytestmark = pytest.mark.slow
 

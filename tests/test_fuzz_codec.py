@@ -22,11 +22,11 @@ from tier3.streams.kafka.dead_letters import HEADER_REASON, HEADER_STAGE, DeadLe
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import CAPTURE_JOBS, DLQ_SUFFIX
 
-from tests.capture_harness import build_worker, make_job, publish_jobs, run_until
 from tests.conftest import fresh_settings
-from tests.disposable_topics import delete_prefix
-from tests.kafka_reading import read_all
-from tests.samples import SAMPLES
+from tests.support.capture_harness import build_worker, make_job, publish_jobs, run_until
+from tests.support.disposable_topics import delete_prefix
+from tests.support.kafka_reading import read_all
+from tests.support.samples import SAMPLES
 
 CODEC = SingleObjectCodec()
 FAST = settings(max_examples=300, deadline=500, suppress_health_check=[HealthCheck.too_slow])
@@ -233,7 +233,7 @@ def test_the_trainer_dead_letters_garbage_requests_and_goes_on(
     from tier3.trainers.training.consumer import TrainerConsumer
     from tier3.trainers.training.run import TrainingRun
 
-    from tests.trainer_harness import tiny_config
+    from tests.support.trainer_harness import tiny_config
 
     kafka: KafkaSettings = fresh_settings(broker)
     try:

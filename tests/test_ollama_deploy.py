@@ -27,8 +27,8 @@ from tier3.trainers.release.gate import GateDecision
 from tier3.trainers.release.gguf_export import describe_gguf, export_gguf
 from tier3.trainers.release.ollama_deploy import GateRefused, deploy
 
-from tests.deploy_fixtures import ollama_binary, quantizable_student, serve_ollama
-from tests.kafka_reading import read_all, read_events
+from tests.support.deploy_fixtures import ollama_binary, quantizable_student, serve_ollama
+from tests.support.kafka_reading import read_all, read_events
 
 # The first run builds Ollama (minutes on two cores); later runs reuse the cached binary.
 pytestmark = [pytest.mark.train, pytest.mark.slow, pytest.mark.timeout(3000)]

@@ -22,8 +22,8 @@ from tier3.consumers.rate_limit import RateLimiter
 from tier3.consumers.settings import CaptureSettings
 from tier3.tasks.widgets import ANSWER_SCHEMA, parse_answer, reference_answer
 
-from tests.servers import AnthropicServer, Fault, OllamaServer
-from tests.servers.widget_replies import teacher_reply
+from tests.support.servers import AnthropicServer, Fault, OllamaServer
+from tests.support.servers.widget_replies import teacher_reply
 
 CONTEXT = {"alerts_open": True, "page": "ops", "screen": "desktop"}
 TASK = Task.of("plot error rate trend this week", json.dumps(CONTEXT))

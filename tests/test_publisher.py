@@ -14,8 +14,8 @@ from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import EXPERIENCES, FEEDBACK, create_topics
 from tier3.streams.local.kafka_broker import LocalBroker
 
-from .kafka_reading import read_all, read_events
-from .samples import SAMPLES
+from tests.support.kafka_reading import read_all, read_events
+from tests.support.samples import SAMPLES
 
 
 def _free_port() -> int:

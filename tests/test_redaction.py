@@ -11,9 +11,15 @@ from tier3.consumers.redaction import Redactor
 from tier3.consumers.settings import CaptureSettings
 from tier3.streams.kafka.topics import TRACES
 
-from tests.capture_harness import build_worker, make_job, provider_settings, publish_jobs, run_until
-from tests.kafka_reading import read_all
-from tests.servers import AnthropicServer, OllamaServer
+from tests.support.capture_harness import (
+    build_worker,
+    make_job,
+    provider_settings,
+    publish_jobs,
+    run_until,
+)
+from tests.support.kafka_reading import read_all
+from tests.support.servers import AnthropicServer, OllamaServer
 
 SECRETS = {
     "email": "jane.doe+billing@example.co.uk",

@@ -22,7 +22,7 @@ from tier3.trainers.artifacts import RunArtifacts
 from tier3.trainers.release.consumer import Release, ReleaseConsumer, ReleaseOptions
 from tier3.trainers.release.gate import GateThresholds
 
-from tests.kafka_reading import read_all, read_events
+from tests.support.kafka_reading import read_all, read_events
 
 pytestmark = pytest.mark.train
 

@@ -29,8 +29,8 @@ from tier3.streams.ops.replay import (
 )
 from tier3.streams.processors.sampling import Policy, decide
 
-from tests.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
-from tests.kafka_reading import read_all, read_events
+from tests.support.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
+from tests.support.kafka_reading import read_all, read_events
 
 # Half at random, nothing for confidence: a policy unlike the default, so the replay is a change.
 NEW_POLICY = Policy(random_rate=0.5, high_confidence=None)
@@ -226,7 +226,7 @@ def test_replaying_twice_through_the_capture_consumer_doubles_no_trace(
     from tier3.consumers.settings import CaptureSettings
     from tier3.trainers.training.traces_source import read_traces
 
-    from tests.capture_harness import build_worker, committed, end_offsets, run_until
+    from tests.support.capture_harness import build_worker, committed, end_offsets, run_until
 
     ids = _send_jobs(kafka, 5)
     root = (tmp_path / "objects").as_uri()
@@ -313,7 +313,7 @@ def test_resample_adds_what_the_old_policy_missed_without_recapturing_the_rest(
     from tier3.consumers.settings import CaptureSettings
     from tier3.trainers.training.traces_source import read_traces
 
-    from tests.capture_harness import build_worker, run_until
+    from tests.support.capture_harness import build_worker, run_until
 
     experiences = _publish(kafka, 30, seed=8)
     old, new = Policy(random_rate=0.2, high_confidence=None), Policy(0.6, high_confidence=None)

@@ -24,7 +24,7 @@ from tier3.streams.kafka.events import EventProducer
 from tier3.streams.kafka.topics import EXPERIENCES, TRAINING_RESULTS
 from tier3.tasks import widgets
 
-from tests.kafka_reading import read_events
+from tests.support.kafka_reading import read_events
 
 CONTEXT = {"page": "sales", "alerts_open": False, "screen": "desktop"}
 QUERY = "show revenue by region for last quarter"

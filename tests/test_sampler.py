@@ -23,8 +23,8 @@ from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import CAPTURE_JOBS, EXPERIENCES
 from tier3.streams.processors.sampling import Policy, decide
 
-from tests.kafka_reading import read_all, read_events
-from tests.stream_workers import TIER3, Worker, wait_for
+from tests.support.kafka_reading import read_all, read_events
+from tests.support.stream_workers import TIER3, Worker, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from tier3.streams.demo.simulate import simulate
 from tier3.streams.local.kafka_broker import LocalBroker
 from tier3.tasks import widgets
 
-from .conftest import fresh_settings
-from .kafka_reading import read_all
+from tests.conftest import fresh_settings
+from tests.support.kafka_reading import read_all
 
 
 def _simulate_into_fresh_topics(broker: LocalBroker, seed: int) -> dict[str, list]:

@@ -19,9 +19,15 @@ from tier3.streams.ops.trace_deletion import delete_traces
 from tier3.trainers.training.dataset import build_dataset
 from tier3.trainers.training.traces_source import read_traces
 
-from tests.capture_harness import build_worker, latest_traces, make_job, publish_jobs, run_until
-from tests.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
-from tests.kafka_reading import read_all
+from tests.support.capture_harness import (
+    build_worker,
+    latest_traces,
+    make_job,
+    publish_jobs,
+    run_until,
+)
+from tests.support.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
+from tests.support.kafka_reading import read_all
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from tier3.streams.kafka.settings import LocalSettings
 from tier3.streams.kafka.topics import TRACES, TRAINING_REQUESTS, TRAINING_RESULTS
 
 from tests.conftest import fresh_settings
-from tests.kafka_reading import read_all, read_events
-from tests.trainer_harness import (
+from tests.support.kafka_reading import read_all, read_events
+from tests.support.trainer_harness import (
     OFFLINE_ENV,
     TINY_CACHE,
     publish_request,

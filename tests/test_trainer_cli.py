@@ -19,8 +19,8 @@ from tier3.schemas.registry import TRAINING_COMPLETED, TRAINING_REQUESTED
 from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
 from tier3.streams.kafka.topics import TRAINING_REQUESTS, TRAINING_RESULTS
 
-from tests.kafka_reading import read_events
-from tests.trainer_harness import (
+from tests.support.kafka_reading import read_events
+from tests.support.trainer_harness import (
     OFFLINE_ENV,
     TINY_CACHE,
     publish_request,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tier3.streams.kafka.settings import KafkaSettings
 
-from .stream_workers import free_port, wait_for
+from tests.support.stream_workers import free_port, wait_for
 
 
 def _scrape(port: int) -> str:

@@ -23,7 +23,7 @@ from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import CAPTURE_JOBS, TRACES
 from tier3.tasks.widgets import random_query
 
-from tests.kafka_reading import read_all
+from tests.support.kafka_reading import read_all
 
 
 def make_job(seed: int, query: str | None = None, context: dict | None = None) -> dict[str, Any]:

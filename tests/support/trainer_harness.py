@@ -15,7 +15,7 @@ from tier3.streams.kafka.topics import TRACES, TRAINING_REQUESTS
 from tier3.tasks import widgets
 
 OFFLINE_ENV = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
-TINY_CACHE = Path(__file__).resolve().parent.parent / ".tier3-test" / "tiny-students"
+TINY_CACHE = Path(__file__).resolve().parents[2] / ".tier3-test" / "tiny-students"
 
 
 def trace_record(query_id: str, query: str, context: str, created_at: int) -> dict[str, Any]:

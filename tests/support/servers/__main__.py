@@ -1,4 +1,4 @@
-"""Run a fake provider server as a process: ``python -m tests.servers anthropic --delay 1``.
+"""Run a fake provider server as a process: ``python -m tests.support.servers anthropic --delay 1``.
 
 It prints its URL on the first line of stdout (so a parent process can read it) and serves until
 SIGTERM or Ctrl-C. ``--fail-status 429 --fail-times 5`` answers the first five requests with
@@ -12,11 +12,11 @@ import contextlib
 import signal
 import threading
 
-from tests.servers import AnthropicServer, Fault, OllamaServer
+from tests.support.servers import AnthropicServer, Fault, OllamaServer
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m tests.servers", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m tests.support.servers", description=__doc__)
     parser.add_argument("api", choices=("anthropic", "ollama"))
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: any free)")
     parser.add_argument("--delay", type=float, default=0.0, help="seconds before each answer")

@@ -27,9 +27,9 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.servers.fault import Fault, FaultPlan
-from tests.servers.http_thread import ServerThread
-from tests.servers.widget_replies import MALFORMED_ANSWER, rough_tokens, teacher_reply
+from tests.support.servers.fault import Fault, FaultPlan
+from tests.support.servers.http_thread import ServerThread
+from tests.support.servers.widget_replies import MALFORMED_ANSWER, rough_tokens, teacher_reply
 
 Reply = Callable[[str, dict[str, Any]], tuple[str, str]]
 
