@@ -1,38 +1,29 @@
 """``tier3 run capture``: run one member of the capture consumer group.
 
 Registered through the ``tier3.commands`` entry point, so the streams layer's command line never
-imports this package. Options override the ``TIER3_*`` environment (see ``CaptureSettings``).
+imports this package. Each option is a field of ``CaptureSettings`` (its help, default and
+``TIER3_*`` variable come from the field) and overrides the environment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Annotated
 
 import structlog
 import typer
-from pydantic import ValidationError
+from tier3.consumers.settings import CaptureSettings
+from tier3.streams.cli.settings_options import SettingsError, settings_options
 
 log = structlog.get_logger("tier3.capture")
 
 
-def capture(
-    group: Annotated[str | None, typer.Option(help="Consumer group id (env TIER3_GROUP).")] = None,
-    concurrency: Annotated[
-        int | None, typer.Option(help="Most jobs in flight at once (env TIER3_CONCURRENCY).")
-    ] = None,
-    attempts: Annotated[
-        int | None, typer.Option(help="Attempts before a dead letter (env TIER3_ATTEMPTS).")
-    ] = None,
-    shutdown_deadline: Annotated[
-        float | None,
-        typer.Option(help="Seconds to finish after SIGTERM (env TIER3_SHUTDOWN_DEADLINE_S)."),
-    ] = None,
-    metrics_port: Annotated[
-        int | None, typer.Option(help="Prometheus metrics port (env TIER3_METRICS_PORT).")
-    ] = None,
-) -> None:
+@settings_options(
+    CaptureSettings,
+    ["group", "concurrency", "attempts", "shutdown_deadline_s", "metrics_port"],
+    flags={"shutdown_deadline_s": "--shutdown-deadline"},
+)
+def capture(settings: CaptureSettings) -> None:
     """Capture teacher and student traces for the jobs on capture-jobs.
 
     Each job asks the teacher (Claude with extended thinking, an OpenAI-compatible server, an
@@ -47,23 +38,16 @@ def capture(
     from tier3.consumers.object_store import TraceStore
     from tier3.consumers.providers import build_student, build_teacher
     from tier3.consumers.redaction import Redactor
-    from tier3.consumers.settings import CaptureSettings
     from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
     from tier3.streams.telemetry.metrics import serve_metrics
 
-    overrides = {
-        "group": group, "concurrency": concurrency, "attempts": attempts,
-        "shutdown_deadline_s": shutdown_deadline, "metrics_port": metrics_port,
-    }
     try:
-        settings = CaptureSettings(**{k: v for k, v in overrides.items() if v is not None})
         redactor = (
             Redactor.configured(settings.redact_patterns, settings.redact_defaults)
             if settings.redact else None
         )
-    except (ValidationError, ValueError) as exc:
-        typer.echo(f"error: bad capture configuration: {exc}", err=True)
-        raise typer.Exit(2) from exc
+    except ValueError as exc:
+        raise SettingsError(f"bad redaction pattern (TIER3_REDACT_PATTERNS): {exc}") from exc
     if redactor is None:
         log.warning("redaction is OFF (TIER3_REDACT=false): traces keep personal data as given")
     serve_metrics(settings.metrics_port)

@@ -27,8 +27,7 @@ PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETTINGS_MODULES = [
     "tier3.streams.kafka.settings",
     "tier3.streams.processors.sampling",
-    "tier3.streams.processors.sampler",
-    "tier3.streams.processors.counter",
+    "tier3.streams.processors.settings",
     "tier3.streams.backend.router",
     "tier3.consumers.settings",
     "tier3.trainers.training.config",

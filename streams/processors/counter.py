@@ -30,22 +30,20 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import faust
 import structlog
 from prometheus_client import Counter
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from tier3.schemas import Codec, DecodeError
 from tier3.schemas.registry import TRACE, TRAINING_REQUESTED
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import COUNTER_NEW_TRACES, TRACES, TRAINING_REQUESTS
 from tier3.streams.processors import faust_app
 from tier3.streams.processors.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
-from tier3.streams.processors.training_requests import request_id
+from tier3.streams.processors.settings import CounterSettings
+from tier3.streams.processors.training_requests import THRESHOLD, training_request
 
 log = structlog.get_logger("tier3.counter")
 
@@ -57,20 +55,7 @@ REQUESTS_OUT = Counter(
 COUNTED = Counter("tier3_counter_new_traces", "Distinct new traces counted", ["model"])
 
 
-class CounterSettings(BaseSettings):
-    """The counter's configuration from the environment."""
-
-    model_config = SettingsConfigDict(env_prefix="TIER3_", env_file=".env", extra="ignore")
-
-    min_traces: int = Field(100, ge=1, description="New traces that make a training request.")
-    student_model: str = Field("cc-widget-selector", description="The student model to train.")
-
-
-@dataclass(frozen=True)
-class CounterConfig:
-    min_traces: int = 100
-    model: str = "cc-widget-selector"
-    resend_every_s: float = 1.0
+RESEND_EVERY_S = 1.0  # how often unacknowledged training requests are sent again
 
 
 def _batch_tag(model: str, number: int) -> bytes:
@@ -84,7 +69,7 @@ class Count:
         self,
         app: faust.App,
         settings: KafkaSettings,
-        config: CounterConfig,
+        config: CounterSettings,
         codec: Codec,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -107,7 +92,7 @@ class Count:
         self.in_flight: set[tuple[str, int]] = set()
         faust_app.each_message(app, self.source, "route", self.route)
         faust_app.each_message(app, self.new_traces, "count", self.count)
-        faust_app.every(app, config.resend_every_s, self.resend_unsent)
+        faust_app.every(app, RESEND_EVERY_S, self.resend_unsent)
         faust_app.every(app, 2.0, self.report)
 
     # -- step 1: route ---------------------------------------------------------------------------
@@ -127,7 +112,7 @@ class Count:
             self.dead_letters.send(message, reason, "KeyMismatch")
             return
         self.new_traces.send_soon(
-            key=self.config.model.encode(), value=message.key, partition=0
+            key=self.config.student_model.encode(), value=message.key, partition=0
         )
         EVENTS_IN.labels(ROLE, message.topic, "routed").inc()
 
@@ -173,14 +158,7 @@ class Count:
         if (model, number) in self.in_flight:
             return
         query_ids = self.batch(model, number)
-        record = {
-            "request_id": request_id(model, query_ids),
-            "model": model,
-            "requested_at": int(self.clock() * 1000),
-            "trigger": "threshold",
-            "trace_count": len(query_ids),
-            "query_ids": query_ids,
-        }
+        record = training_request(model, query_ids, THRESHOLD, int(self.clock() * 1000))
         self.in_flight.add((model, number))
         sent = self.requests.send_soon(
             key=model.encode(), value=self.codec.encode(TRAINING_REQUESTED, record), partition=0
@@ -217,8 +195,10 @@ class Count:
 
 
 def build(
-    settings: KafkaSettings, config: CounterConfig, workdir: Any, codec: Codec, **app_overrides: Any
+    settings: KafkaSettings, config: CounterSettings, workdir: Any, codec: Codec,
+    **app_overrides: Any,
 ) -> tuple[faust.App, Count]:
     """A Faust app with the counter installed, ready for ``faust_app.run_worker``."""
+    app_overrides.setdefault("session_timeout_s", config.session_timeout_s)
     app = faust_app.make_app(settings, ROLE, workdir, **app_overrides)
     return app, Count(app, settings, config, codec)

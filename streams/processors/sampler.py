@@ -35,7 +35,6 @@ import struct
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -43,8 +42,6 @@ import faust
 import structlog
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Gauge
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
 from tier3.schemas import Codec, DecodeError
 from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE, FEEDBACK
 from tier3.streams.kafka import offsets
@@ -53,7 +50,8 @@ from tier3.streams.kafka.topics import CAPTURE_JOBS, EXPERIENCES
 from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC
 from tier3.streams.processors import faust_app
 from tier3.streams.processors.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
-from tier3.streams.processors.sampling import Policy, capture_job, decide
+from tier3.streams.processors.sampling import capture_job, decide
+from tier3.streams.processors.settings import SamplerSettings
 
 log = structlog.get_logger("tier3.sampler")
 
@@ -74,21 +72,7 @@ SAMPLING_RATE = Gauge(
 )
 
 
-class SamplerSettings(BaseSettings):
-    """The sampler's timing from the environment (the policy has ``sampling.PolicySettings``)."""
-
-    model_config = SettingsConfigDict(env_prefix="TIER3_", env_file=".env", extra="ignore")
-
-    sampling_timeout_s: float = Field(600.0, gt=0, description="How long an experience waits.")
-    dedupe_window_s: float = Field(3600.0, gt=0, description="How long a capture is remembered.")
-
-
-@dataclass(frozen=True)
-class SamplerConfig:
-    policy: Policy
-    timeout_s: float = 600.0
-    dedupe_window_s: float = 3600.0
-    sweep_every_s: float = 1.0
+SWEEP_EVERY_S = 1.0  # how often expired table entries are swept
 
 
 def _head(deadline_ms: int, partition: int) -> bytes:
@@ -102,12 +86,13 @@ class Sampler:
         self,
         app: faust.App,
         settings: KafkaSettings,
-        config: SamplerConfig,
+        config: SamplerSettings,
         codec: Codec,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.app = app
         self.config = config
+        self.policy = config.policy()
         self.codec = codec
         self.clock = clock
         self.experiences = settings.topic(EXPERIENCES)
@@ -128,7 +113,7 @@ class Sampler:
         self.settings = settings
         self.captured.on_recover(self._on_recovered)
         faust_app.each_message(app, self.source, "join", self.handle)
-        faust_app.every(app, config.sweep_every_s, self.sweep)
+        faust_app.every(app, SWEEP_EVERY_S, self.sweep)
         faust_app.every(app, 2.0, self.report)
 
     # -- the stream ------------------------------------------------------------------------------
@@ -159,7 +144,7 @@ class Sampler:
             return "already_decided"
         held = self.waiting.data.get(key)
         if held is None:
-            deadline = int((self.clock() + self.config.timeout_s) * 1000)
+            deadline = int((self.clock() + self.config.sampling_timeout_s) * 1000)
             kind = _KIND_EXPERIENCE if is_experience else _KIND_FEEDBACK
             faust_app.put(self.waiting, partition, key, kind + _head(deadline, partition) + raw)
             self._due["waiting"].append((deadline, key))
@@ -179,7 +164,7 @@ class Sampler:
         experience: dict[str, Any],
         feedback: dict[str, Any] | None,
     ) -> None:
-        reason = decide(experience, feedback, self.config.policy)
+        reason = decide(experience, feedback, self.policy)
         if reason is None:
             faust_app.drop(self.waiting, partition, key)
             self._count_decision("skipped")
@@ -356,8 +341,10 @@ UNACKNOWLEDGED_RESTART_S = 30.0
 
 
 def build(
-    settings: KafkaSettings, config: SamplerConfig, workdir: Any, codec: Codec, **app_overrides: Any
+    settings: KafkaSettings, config: SamplerSettings, workdir: Any, codec: Codec,
+    **app_overrides: Any,
 ) -> tuple[faust.App, Sampler]:
     """A Faust app with the sampler installed, ready for ``faust_app.run_worker``."""
+    app_overrides.setdefault("session_timeout_s", config.session_timeout_s)
     app = faust_app.make_app(settings, ROLE, workdir, **app_overrides)
     return app, Sampler(app, settings, config, codec)

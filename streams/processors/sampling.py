@@ -23,8 +23,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import AliasChoices, Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from tier3.streams.kafka.settings import CaptureSwitch
 
 RANDOM = "random"
 HIGH_CONFIDENCE = "high_confidence"
@@ -50,25 +51,46 @@ class Policy:
 
 
 class PolicySettings(BaseSettings):
-    """The policy as the environment sets it (``TIER3_SAMPLE_RATE`` etc., ENABLE_TIER3_CAPTURE)."""
+    """The policy's rules as the environment sets them (``TIER3_SAMPLE_RATE`` etc.).
+
+    The on/off switch is not here: ``ENABLE_TIER3_CAPTURE`` has one reader, ``CaptureSwitch``,
+    which ``policy()`` asks. A negative confidence or a rating of 0 turns that rule off, so a
+    command line can turn off a rule the environment turned on.
+    """
 
     model_config = SettingsConfigDict(env_prefix="TIER3_", env_file=".env", extra="ignore")
 
-    sample_rate: float = Field(0.15, ge=0, le=1, description="Share of queries captured at random.")
+    sample_rate: float = Field(
+        0.15, ge=0, le=1, description="Share of queries captured at random, by query_id hash"
+    )
     high_confidence: float | None = Field(
-        0.9, ge=0, le=1, description="Capture every answer at least this confident (empty: off)."
+        0.9, ge=0, le=1,
+        description="Capture every answer at least this confident (empty or negative: off)",
     )
     low_rating: int | None = Field(
-        None, ge=1, le=5, description="Capture answers rated at most this (empty: off)."
-    )
-    capture_enabled: bool = Field(
-        True,
-        validation_alias=AliasChoices("ENABLE_TIER3_CAPTURE", "TIER3_ENABLE_CAPTURE"),
-        description="Off: the sampler emits no capture jobs.",
+        None, ge=1, le=5, description="Capture answers rated at most this (empty or 0: off)"
     )
 
+    @field_validator("high_confidence", mode="before")
+    @classmethod
+    def _negative_is_off(cls, value: Any) -> Any:
+        return None if _number(value) is not None and _number(value) < 0 else value
+
+    @field_validator("low_rating", mode="before")
+    @classmethod
+    def _zero_is_off(cls, value: Any) -> Any:
+        return None if _number(value) == 0 else value
+
     def policy(self) -> Policy:
-        return Policy(self.sample_rate, self.high_confidence, self.low_rating, self.capture_enabled)
+        enabled = CaptureSwitch().enabled
+        return Policy(self.sample_rate, self.high_confidence, self.low_rating, enabled)
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def hash_fraction(query_id: str) -> float:
