@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tier3.streams.processors.sampling import PolicySettings
+from tier3.streams.processors.training_requests import STUDENT_MODEL
 
 
 class WorkerSettings(BaseSettings):
@@ -50,4 +51,4 @@ class CounterSettings(WorkerSettings):
     model_config = SettingsConfigDict(env_prefix="TIER3_", env_file=".env", extra="ignore")
 
     min_traces: int = Field(100, ge=1, description="New traces that trigger training")
-    student_model: str = Field("cc-widget-selector", description="The student model to train")
+    student_model: str = Field(STUDENT_MODEL, description="The student model to train")
