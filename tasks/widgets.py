@@ -1,17 +1,27 @@
-"""The demo's task: widget selection for a dashboard, as the seed's backend does it.
+"""The built-in task: widget selection for a dashboard, as the seed's backend does it.
 
 A user asks for something ("show revenue by region for last quarter"); the model answers with
 JSON naming the widgets to show, the primary metric and an appropriateness score. This module
-holds what every stage needs to agree on: the vocabulary, the answer's JSON Schema, the rules a
-competent model follows (the offline teacher answers with them), and how to read an answer.
+holds the task's vocabulary, the answer's JSON Schema, the rules a competent model follows (the
+offline teacher answers with them), how to read an answer, and a generator of its traffic; the
+stages reach them through the contract (``task()``, registered as ``widgets``), never directly.
+
+The prompt is the one setting of the task: ``TIER3_PROMPT_TEMPLATE``, a ``string.Template`` with
+``$query`` and ``$context`` (the context as sorted JSON). Unset, ``render_prompt`` is the prompt.
+Because the trace records the messages capture sent, a changed prompt reaches the dataset and the
+evaluation through the traces, with no second place to change it.
 """
 
 from __future__ import annotations
 
 import json
 import random
-from dataclasses import dataclass
+from string import Template
 from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from tier3.tasks.contract import ChatMessage, Context, Query, Task, load_json_answer
 
 METRICS = ("revenue", "active users", "latency", "error rate", "orders", "churn", "signups", "cost")
 # What the user wants to see → the widget that shows it best.
@@ -49,12 +59,6 @@ ANSWER_SCHEMA: dict[str, Any] = {
 }
 
 
-@dataclass(frozen=True)
-class Query:
-    text: str
-    context: dict[str, Any]
-
-
 def random_query(rng: random.Random) -> Query:
     metric = rng.choice(METRICS)
     view = rng.choice(list(VIEWS))
@@ -67,7 +71,7 @@ def random_query(rng: random.Random) -> Query:
     return Query(text, context)
 
 
-def reference_answer(query: str, context: dict[str, Any]) -> dict[str, Any]:
+def reference_answer(query: str, context: Context) -> dict[str, Any]:
     """The answer a competent model gives: the rules the offline teacher follows."""
     metric = next((m for m in METRICS if m in query), "unknown")
     widgets = [w for phrase, w in VIEWS.items() if phrase in query][:1] or ["table"]
@@ -79,7 +83,13 @@ def reference_answer(query: str, context: dict[str, Any]) -> dict[str, Any]:
     return {"widgets": widgets, "primary_metric": metric, "appropriateness": round(score, 2)}
 
 
-def reference_thinking(query: str, context: dict[str, Any]) -> str:
+def baseline_answer(query: str, context: Context) -> dict[str, Any]:
+    """A deliberately weak answer (the offline student's): the metric, but always a table."""
+    metric = next((m for m in METRICS if m in query.lower()), "unknown")
+    return {"widgets": ["table"], "primary_metric": metric, "appropriateness": 0.5}
+
+
+def reference_thinking(query: str, context: Context) -> str:
     """The reasoning behind ``reference_answer``, in the teacher's voice."""
     answer = reference_answer(query, context)
     steps = [
@@ -107,13 +117,7 @@ def render_prompt(query: str, context: dict[str, Any] | str) -> str:
 
 def parse_answer(text: str) -> dict[str, Any] | None:
     """The answer as a dict if it is valid against ``ANSWER_SCHEMA``, else None."""
-    text = text.strip()
-    if text.startswith("```"):
-        text = text.strip("`").removeprefix("json").strip()
-    try:
-        answer = json.loads(text)
-    except (json.JSONDecodeError, TypeError):
-        return None
+    answer = load_json_answer(text)
     return answer if is_valid_answer(answer) else None
 
 
@@ -130,4 +134,54 @@ def is_valid_answer(answer: Any) -> bool:
         and isinstance(score, int | float)
         and not isinstance(score, bool)
         and 0 <= score <= 1
+    )
+
+
+def same_selection(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """The same set of widgets: their order does not matter to a dashboard."""
+    s, t = a.get("widgets"), b.get("widgets")
+    return isinstance(s, list) and isinstance(t, list) and set(map(str, s)) == set(map(str, t))
+
+
+def appropriateness(answer: dict[str, Any]) -> float | None:
+    """The answer's score: its appropriateness (the router reports it as confidence)."""
+    value = answer.get("appropriateness")
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class WidgetTaskSettings(BaseSettings):
+    """The widget task's one setting: its prompt (env ``TIER3_PROMPT_TEMPLATE``)."""
+
+    model_config = SettingsConfigDict(env_prefix="TIER3_", env_file=".env", extra="ignore")
+
+    prompt_template: str | None = Field(
+        None,
+        description="The prompt as a string.Template with $query and $context (sorted JSON); "
+        "default: the widget task's own prompt (tier3.tasks.widgets.render_prompt).",
+    )
+
+
+def task(settings: WidgetTaskSettings | None = None) -> Task:
+    """The widget task, with the configured prompt: what ``TIER3_TASK=widgets`` loads."""
+    template = (settings or WidgetTaskSettings()).prompt_template
+
+    def messages(query: str, context: Context) -> list[ChatMessage]:
+        if template is None:
+            prompt = render_prompt(query, dict(context))
+        else:
+            ctx = json.dumps(dict(context), sort_keys=True)
+            prompt = Template(template).safe_substitute(query=query, context=ctx)
+        return [ChatMessage(role="user", content=prompt)]
+
+    return Task(
+        name="widgets",
+        messages=messages,
+        answer_schema=ANSWER_SCHEMA,
+        parse=parse_answer,
+        agree=same_selection,
+        score=appropriateness,
+        reference_answer=reference_answer,
+        reference_thinking=reference_thinking,
+        baseline_answer=baseline_answer,
+        random_query=random_query,
     )

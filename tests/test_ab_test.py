@@ -17,7 +17,7 @@ from tier3.streams.backend.ab_test import (
     mann_whitney_u,
     ratings_by_variant,
 )
-from tier3.streams.backend.router import REASON_HEADER, DeploymentLog
+from tier3.streams.backend.deployments import REASON_HEADER, DeploymentLog
 from tier3.streams.kafka.events import EventProducer
 from tier3.streams.kafka.topics import EXPERIENCES, TRAINING_RESULTS
 from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC

@@ -13,10 +13,9 @@ from pathlib import Path
 
 import pytest
 from tier3.schemas.registry import MODEL_DEPLOYED
+from tier3.streams.backend.deployments import REASON_HEADER, DeploymentWatcher
 from tier3.streams.backend.router import (
     FALLBACK,
-    REASON_HEADER,
-    DeploymentWatcher,
     Router,
     RoutingSettings,
     ollama_student,

@@ -10,13 +10,12 @@ import time
 
 import pytest
 from tier3.schemas.registry import EXPERIENCE, MODEL_DEPLOYED
+from tier3.streams.backend.deployments import DeploymentLog, DeploymentWatcher
 from tier3.streams.backend.publisher import Publisher
 from tier3.streams.backend.router import (
     FALLBACK,
     STUDENT,
     TEACHER,
-    DeploymentLog,
-    DeploymentWatcher,
     Router,
     RoutingSettings,
 )

@@ -26,7 +26,8 @@ import structlog
 from tier3.schemas import DecodeError
 from tier3.schemas.codec import Record
 from tier3.schemas.registry import EXPERIENCE, FEEDBACK
-from tier3.streams.backend.router import FALLBACK, STUDENT, TEACHER, DeploymentLog
+from tier3.streams.backend.deployments import DeploymentLog
+from tier3.streams.backend.router import FALLBACK, STUDENT, TEACHER
 from tier3.streams.kafka.events import codec_of
 from tier3.streams.kafka.reader import read_to_end
 from tier3.streams.kafka.settings import KafkaSettings

@@ -101,7 +101,7 @@ def _evaluate_served(
 ) -> Any:
     """The served model's replies, gated with the A/B ratings (they are about this model)."""
     from tier3.streams.backend.ab_test import compare, read_ratings
-    from tier3.streams.backend.router import ollama_student
+    from tier3.streams.backend.router import ollama_chat
     from tier3.streams.kafka.events import EventProducer
     from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
     from tier3.streams.kafka.topics import TRAINING_RESULTS
@@ -121,8 +121,8 @@ def _evaluate_served(
     manifest = read_json(completed["manifest_uri"])
     examples = held_out_from_traces(manifest, read_traces(kafka).traces)
     examples = examples[: options.max_examples] if options.max_examples else examples
-    ask = ollama_student(client)
-    replies = replies_from(lambda q, c: ask(name, q, c), examples)
+    chat = ollama_chat(client)
+    replies = replies_from(lambda messages: chat(name, messages), examples)
     metrics = evaluate(
         examples,
         replies,
@@ -234,7 +234,7 @@ def rollback_cmd(
     Writes ModelDeployed(action=rollback) on training-results; every backend's router follows
     within a poll interval. Run again to go back one more step.
     """
-    from tier3.streams.backend.router import DeploymentLog
+    from tier3.streams.backend.deployments import DeploymentLog
     from tier3.streams.kafka.settings import KafkaSettings
 
     try:

@@ -2,16 +2,20 @@
 
 What is measured, per held-out query (the teacher's answer is the reference):
 
-- **JSON validity**: the student's reply, thinking block dropped (``streams.answers``), parses as
-  JSON and is valid against the task's JSON Schema. By default that is the widget task's own
-  check (``widgets.is_valid_answer``); a schema file (``--schema``) is checked with
-  ``jsonschema``, for tasks whose contract lives in a file.
-- **Score match**: the appropriateness scores differ by at most ``tolerance`` (default 0.1).
-- **Selection agreement**: the same set of widgets (order does not matter to a dashboard).
+- **JSON validity**: the student's reply, thinking block dropped, is a valid answer for the task
+  (``Task.read``: the configured task's own ``parse``). A schema file (``--schema``) is checked
+  with ``jsonschema`` instead, for a contract that lives in a file.
+- **Score match**: the answers' scores (``Task.score``; the widget task's appropriateness)
+  differ by at most ``tolerance`` (default 0.1).
+- **Selection agreement**: the task's ``agree`` holds (the widget task: the same set of widgets,
+  order does not matter to a dashboard).
 - **Latency** p50/p95 of the student (measured here) and the teacher (recorded in its trace).
 
 Every rate has all held-out queries as its denominator: a student reply that is invalid or that
 failed counts against every metric, never drops out of it.
+
+The student is asked with the messages the trace recorded (``HeldOut.messages``), the exact text
+the teacher saw; only traces older than schema version 3 have them rendered by the task.
 
 User ratings per A/B arm come from feedback events (``streams.ab_test``) and are reported
 beside these offline metrics in the report (``trainers.release.report``).
@@ -28,8 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from tier3.tasks import widgets
-from tier3.tasks.answers import final_answer
+from tier3.tasks.contract import (
+    ChatMessage,
+    Task,
+    context_of,
+    final_answer,
+    load_json_answer,
+    trace_messages,
+)
+from tier3.tasks.registry import configured_task
 
 log = structlog.get_logger("tier3.evaluate")
 
@@ -43,13 +54,15 @@ class HeldOut:
     context: str  # JSON document, as in the trace
     teacher_answer: str
     teacher_latency_ms: float
+    # The messages the teacher saw (from the trace); empty: rendered with the task when asked.
+    messages: tuple[ChatMessage, ...] = ()
 
     def context_dict(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.context)
-        except (json.JSONDecodeError, TypeError):
-            return {"raw": self.context}
-        return value if isinstance(value, dict) else {"raw": value}
+        return context_of(self.context)
+
+    def prompt(self, task: Task) -> list[ChatMessage]:
+        """The messages to ask the student with: the recorded ones, else the task's."""
+        return list(self.messages) or task.render(self.query, self.context_dict())
 
 
 @dataclass(frozen=True)
@@ -62,10 +75,11 @@ class StudentReply:
 
 
 class AnswerValidator:
-    """Reads a reply as the task's answer: JSON, valid against the task's schema."""
+    """Reads a reply as the task's answer: the task's own parse, or a JSON Schema file."""
 
-    def __init__(self, schema_file: str | Path | None = None) -> None:
+    def __init__(self, schema_file: str | Path | None = None, task: Task | None = None) -> None:
         self.schema_file = schema_file
+        self.task = task or configured_task()
         self._validator = None
         if schema_file is not None:
             import jsonschema
@@ -78,12 +92,9 @@ class AnswerValidator:
     def read(self, reply: str) -> dict[str, Any] | None:
         """The answer if the reply is valid JSON for the task's schema, else None."""
         if self._validator is None:
-            return widgets.parse_answer(final_answer(reply))
-        try:
-            answer = json.loads(final_answer(reply).strip().strip("`").removeprefix("json"))
-        except (json.JSONDecodeError, TypeError):
-            return None
-        return answer if self._validator.is_valid(answer) else None
+            return self.task.read(reply)
+        answer = load_json_answer(final_answer(reply))
+        return answer if answer is not None and self._validator.is_valid(answer) else None
 
 
 @dataclass
@@ -140,11 +151,16 @@ def evaluate(
     *,
     tolerance: float = 0.1,
     validator: AnswerValidator | None = None,
+    task: Task | None = None,
 ) -> EvalMetrics:
-    """Compare ``replies`` with the teacher's answers to ``examples`` (same order)."""
+    """Compare ``replies`` with the teacher's answers to ``examples`` (same order).
+
+    ``task`` (default: the validator's, else the configured one) decides agreement and scores.
+    """
     if len(examples) != len(replies):
         raise ValueError(f"{len(examples)} examples but {len(replies)} replies")
-    validator = validator or AnswerValidator()
+    task = task or (validator.task if validator else configured_task())
+    validator = validator or AnswerValidator(task=task)
     rows = []
     for example, reply in zip(examples, replies, strict=True):
         teacher = validator.read(example.teacher_answer)
@@ -155,8 +171,8 @@ def evaluate(
                 query_id=example.query_id,
                 query=example.query,
                 valid=student is not None,
-                score_match=both and _scores_match(student, teacher, tolerance),
-                selection_match=both and _same_selection(student, teacher),
+                score_match=both and task.scores_match(student, teacher, tolerance),
+                selection_match=both and task.agree(student, teacher),
                 student=reply.text if not reply.error else f"(error: {reply.error})",
                 teacher=example.teacher_answer,
                 error=reply.error,
@@ -186,26 +202,15 @@ def evaluate(
     )
 
 
-def _scores_match(student: dict[str, Any], teacher: dict[str, Any], tolerance: float) -> bool:
-    try:
-        diff = abs(float(student["appropriateness"]) - float(teacher["appropriateness"]))
-    except (KeyError, TypeError, ValueError):
-        return False
-    return diff <= tolerance + 1e-9  # 0.9 - 0.8 is 0.09999999999999998 in floating point
-
-
-def _same_selection(student: dict[str, Any], teacher: dict[str, Any]) -> bool:
-    s, t = student.get("widgets"), teacher.get("widgets")
-    return isinstance(s, list) and isinstance(t, list) and set(map(str, s)) == set(map(str, t))
-
-
 # -- the student's replies -----------------------------------------------------------------------
 
 
 def held_out_from_traces(
-    manifest: dict[str, Any], traces: dict[str, dict[str, Any]]
+    manifest: dict[str, Any], traces: dict[str, dict[str, Any]], task: Task | None = None
 ) -> list[HeldOut]:
-    """The eval split a training run's manifest names, from the live traces (in id order)."""
+    """The eval split a training run's manifest names, from the live traces (in id order),
+    each with the messages its trace recorded (``trace_messages``)."""
+    task = task or configured_task()
     ids = sorted(e["query_id"] for e in manifest.get("examples", []) if e.get("split") == "eval")
     return [
         HeldOut(
@@ -214,6 +219,7 @@ def held_out_from_traces(
             traces[q]["context"],
             traces[q]["teacher_answer"],
             traces[q]["teacher_latency_ms"],
+            tuple(trace_messages(traces[q], task)),
         )
         for q in ids
         if q in traces
@@ -221,14 +227,17 @@ def held_out_from_traces(
 
 
 def replies_from(
-    ask: Callable[[str, dict[str, Any]], str], examples: Iterable[HeldOut]
+    ask: Callable[[list[ChatMessage]], str],
+    examples: Iterable[HeldOut],
+    task: Task | None = None,
 ) -> list[StudentReply]:
-    """Ask any callable ``(query, context) -> reply`` (e.g. a served model), one query at a time."""
+    """Ask any callable ``messages -> reply`` (e.g. a served model), one query at a time."""
+    task = task or configured_task()
     replies = []
     for e in examples:
         start = time.perf_counter()
         try:
-            text = ask(e.query, e.context_dict())
+            text = ask(e.prompt(task))
         except Exception as exc:  # a failed call is a data point for the report, not a crash
             replies.append(StudentReply("", (time.perf_counter() - start) * 1000, str(exc)))
             continue
@@ -243,8 +252,10 @@ def generate_with_transformers(
     max_new_tokens: int = 256,
     batch_size: int = 1,
     device: str | None = None,
+    task: Task | None = None,
 ) -> list[StudentReply]:
-    """Greedy replies from a checkpoint with ``transformers``' ``generate``.
+    """Greedy replies from a checkpoint with ``transformers``' ``generate``, to each example's
+    messages (``HeldOut.prompt``).
 
     With ``batch_size`` > 1 the queries of a batch are generated together (left padding), and
     each reply's latency is its batch's wall time: what a caller of that batch waited.
@@ -252,6 +263,7 @@ def generate_with_transformers(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    task = task or configured_task()
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = AutoTokenizer.from_pretrained(model_dir, padding_side="left")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -262,7 +274,7 @@ def generate_with_transformers(
         batch = examples[start : start + batch_size]
         prompts = [
             tokenizer.apply_chat_template(
-                [{"role": "user", "content": widgets.render_prompt(e.query, e.context_dict())}],
+                e.prompt(task),
                 tokenize=False,
                 add_generation_prompt=True,
             )

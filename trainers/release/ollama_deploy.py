@@ -28,7 +28,7 @@ from typing import Any
 
 import structlog
 from tier3.schemas.codec import Record
-from tier3.streams.backend.router import send_deployment
+from tier3.streams.backend.deployments import send_deployment
 from tier3.streams.kafka.events import EventProducer
 from tier3.streams.kafka.settings import KafkaSettings
 
