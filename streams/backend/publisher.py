@@ -16,6 +16,9 @@ together). What does not fit is handled by ``on_full``:
 The producer is idempotent with ``acks=all``: retries inside librdkafka never duplicate an event.
 A record that does not fit its schema is counted as ``invalid`` and logged, without its content.
 ``publish`` takes a shallow copy of the record, so the caller may reuse its dict.
+
+From asyncio code (a FastAPI service, ``examples/widget_service``) use ``apublish*``, ``aflush``
+and ``aclose``: none of them sleeps on the event loop, whatever ``on_full`` says.
 """
 
 from __future__ import annotations
@@ -155,6 +158,32 @@ class Publisher:
         """Publish a Feedback, keyed by its query_id."""
         return self.publish(FEEDBACK, record["query_id"], record)
 
+    # -- the same, from asyncio: never sleeps on the event loop --
+
+    async def apublish(self, event: str, key: str, record: Record) -> bool:
+        """``publish`` for asyncio code.
+
+        With ``on_full="drop"`` (the default) this is ``publish`` itself, on the loop: it never
+        waits, and a hop to a thread would cost more than the call. With ``on_full="block"`` a
+        full buffer makes ``publish`` sleep up to ``block_ms``, which on the event loop would
+        stall every request the process is serving; so then the wait happens in a worker thread
+        and only this request waits.
+        """
+        if self.config.on_full == "block" and self._full():
+            return await asyncio.to_thread(self.publish, event, key, record)
+        return self.publish(event, key, record)
+
+    async def apublish_experience(self, record: Record) -> bool:
+        """``publish_experience`` for asyncio code (see ``apublish``)."""
+        return await self.apublish(EXPERIENCE, record["query_id"], record)
+
+    async def apublish_feedback(self, record: Record) -> bool:
+        """``publish_feedback`` for asyncio code (see ``apublish``)."""
+        return await self.apublish(FEEDBACK, record["query_id"], record)
+
+    def _full(self) -> bool:
+        return len(self._queue) + self._in_librdkafka >= self.config.buffer_messages
+
     def _when_full(self, event: str, key: str, record: Record) -> bool:
         if self.config.on_full == "block":
             deadline = time.monotonic() + self.config.block_ms / 1000
@@ -256,6 +285,10 @@ class Publisher:
         if remaining:
             log.error("publisher closed with undelivered events", undelivered=remaining)
         return remaining
+
+    async def aflush(self, timeout: float = 30.0) -> int:
+        """``flush()`` for asyncio code: waits in a worker thread, not on the event loop."""
+        return await asyncio.to_thread(self.flush, timeout)
 
     async def aclose(self, timeout: float = 30.0) -> int:
         """``close()`` for asyncio code: flushes in a worker thread, not on the event loop."""
