@@ -97,7 +97,7 @@ def settings_options(
         for name in names:
             field = cls.model_fields[name]
             option = typer.Option(
-                flags.get(name, "--" + name.replace("_", "-")),
+                _flag(name, flags.get(name), field),
                 help=_help(cls, name, field),
                 show_default=False,
             )
@@ -123,6 +123,16 @@ def settings_options(
         return run
 
     return decorate
+
+
+def _flag(name: str, given: str | None, field: FieldInfo) -> str:
+    """The option's name; a yes/no field gets both ``--x`` and ``--no-x``, so either can win."""
+    flag = given or "--" + name.replace("_", "-")
+    is_bool = field.annotation is bool or set(getattr(field.annotation, "__args__", ())) == {
+        bool,
+        type(None),
+    }
+    return f"{flag}/--no-{flag.removeprefix('--')}" if is_bool and "/" not in flag else flag
 
 
 def _accepts_none(field: FieldInfo) -> bool:
