@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from tier3.streams.local.kafka_broker import LocalBroker
 
-from tests.support.stream_workers import free_port_pair
+from tests.support.ports import free_port_pair
 
 pytestmark = pytest.mark.slow
 

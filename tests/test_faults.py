@@ -37,12 +37,13 @@ from tier3.streams.kafka.topics import CAPTURE_JOBS, EXPERIENCES, TRAINING_REQUE
 from tier3.streams.local.kafka_broker import BrokerError, LocalBroker
 from tier3.streams.processors.sampling import Policy, decide
 
-from tests.conftest import TEST_HOME, fresh_settings
+from tests.support.broker import TEST_HOME, fresh_settings
 from tests.support.capture_harness import latest_traces
 from tests.support.kafka_reading import read_all, read_events
+from tests.support.ports import free_port
 from tests.support.servers import AnthropicServer, Fault, OllamaServer
 from tests.support.servers.widget_replies import teacher_reply
-from tests.support.stream_workers import Worker, free_port, wait_for
+from tests.support.stream_workers import Worker, wait_for
 
 pytestmark = [pytest.mark.fault, pytest.mark.slow]
 

@@ -19,12 +19,10 @@ from tier3.schemas import Decoded, DecodeError, SingleObjectCodec
 from tier3.schemas.codec import SINGLE_OBJECT_MAGIC
 from tier3.schemas.registry import EVENT_NAMES, current
 from tier3.streams.kafka.dead_letters import HEADER_REASON, HEADER_STAGE, DeadLetter
-from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import CAPTURE_JOBS, DLQ_SUFFIX
 
-from tests.conftest import fresh_settings
+from tests.support.broker import disposable_settings
 from tests.support.capture_harness import build_worker, make_job, publish_jobs, run_until
-from tests.support.disposable_topics import delete_prefix
 from tests.support.kafka_reading import read_all
 from tests.support.samples import SAMPLES
 
@@ -166,8 +164,7 @@ garbage = st.one_of(
 def test_the_capture_consumer_dead_letters_garbage_and_goes_on(
     broker, tmp_path: Path, payloads: list[bytes]
 ) -> None:
-    kafka: KafkaSettings = fresh_settings(broker)
-    try:
+    with disposable_settings(broker) as kafka:
         payloads = [
             p for p in payloads if isinstance(decode_or_error(p, "CaptureJob"), DecodeError)
         ]
@@ -211,8 +208,6 @@ def test_the_capture_consumer_dead_letters_garbage_and_goes_on(
             letter = dead[f"garbage-{i}"]
             assert letter.value == payload  # the original bytes, kept for an operator
             assert letter.headers[HEADER_REASON] and letter.headers[HEADER_STAGE]
-    finally:
-        delete_prefix(kafka)
 
 
 @pytest.mark.slow
@@ -235,8 +230,7 @@ def test_the_trainer_dead_letters_garbage_requests_and_goes_on(
 
     from tests.support.trainer_harness import tiny_config
 
-    kafka: KafkaSettings = fresh_settings(broker)
-    try:
+    with disposable_settings(broker) as kafka:
         producer = Producer({"bootstrap.servers": kafka.bootstrap_servers})
         for i, payload in enumerate(payloads):
             producer.produce(kafka.topic(TRAINING_REQUESTS), payload, f"garbage-{i}".encode())
@@ -260,5 +254,3 @@ def test_the_trainer_dead_letters_garbage_requests_and_goes_on(
         assert set(letters) == {f"garbage-{i}" for i in range(len(payloads))}
         assert all(letters[f"garbage-{i}"].value == p for i, p in enumerate(payloads))
         assert worker.outcomes == []  # nothing was mistaken for a request
-    finally:
-        delete_prefix(kafka)

@@ -20,8 +20,6 @@ from tier3.streams.kafka.topics import CAPTURE_JOBS
 from tier3.streams.local.kafka_broker import LocalBroker
 from tier3.streams.ops.consumer_groups import ConsumerGroups, GroupError
 
-from tests.support.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
-
 PER_PARTITION = 10
 
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from pathlib import Path
 
 import pytest
@@ -15,13 +14,8 @@ from tier3.streams.kafka.topics import EXPERIENCES, FEEDBACK, create_topics
 from tier3.streams.local.kafka_broker import LocalBroker
 
 from tests.support.kafka_reading import read_all, read_events
+from tests.support.ports import free_port
 from tests.support.samples import SAMPLES
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _experiences(n: int, seed: int = 1) -> list[dict]:
@@ -50,7 +44,7 @@ def test_same_query_lands_in_the_same_partition_on_both_topics(kafka: KafkaSetti
 
 
 def test_broker_down_publish_returns_and_failure_is_reported() -> None:
-    settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{_free_port()}", topic_prefix="down.")
+    settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", topic_prefix="down.")
     publisher = Publisher(settings, PublisherConfig(delivery_timeout_ms=1500), enabled=True)
     accepted = [publisher.publish_experience(r) for r in _experiences(20)]
     assert all(accepted)  # queued, not waiting on a broker that is not there
@@ -64,7 +58,7 @@ def test_broker_down_publish_returns_and_failure_is_reported() -> None:
 
 
 def test_full_buffer_drops_counts_and_logs_without_blocking() -> None:
-    settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{_free_port()}", topic_prefix="full.")
+    settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", topic_prefix="full.")
     config = PublisherConfig(buffer_messages=10, delivery_timeout_ms=1000)
     publisher = Publisher(settings, config, enabled=True)
     with capture_logs() as logs:
@@ -103,7 +97,7 @@ def test_usable_from_asyncio(kafka: KafkaSettings) -> None:
 
 @pytest.mark.slow
 def test_events_published_during_a_broker_restart_arrive_once(tmp_path: Path) -> None:
-    broker = LocalBroker(home=tmp_path, port=_free_port(), controller_port=_free_port())
+    broker = LocalBroker(home=tmp_path, port=free_port(), controller_port=free_port())
     broker.start()
     try:
         settings = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix="restart.")

@@ -29,7 +29,6 @@ from tier3.streams.ops.replay import (
 )
 from tier3.streams.processors.sampling import Policy, decide
 
-from tests.support.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
 from tests.support.kafka_reading import read_all, read_events
 
 # Half at random, nothing for confidence: a policy unlike the default, so the replay is a change.

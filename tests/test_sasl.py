@@ -20,7 +20,7 @@ from tier3.streams.kafka.topics import CAPTURE_JOBS, create_topics, describe_top
 from tier3.streams.local.sasl_broker import ScramUser
 
 from tests.support.samples import SAMPLES
-from tests.support.sasl_broker import SaslBroker, sasl_broker  # noqa: F401 - provides the fixture
+from tests.support.sasl_broker import SaslBroker
 
 pytestmark = pytest.mark.slow
 
@@ -98,7 +98,7 @@ def test_the_cli_connects_with_credentials_from_the_environment(sasl: SaslBroker
 
 
 def test_broker_start_sasl_from_the_command_line(tmp_path: Path) -> None:
-    from tests.support.sasl_broker import free_port_pair
+    from tests.support.ports import free_port_pair
 
     port = free_port_pair()
     password_file = tmp_path / "app-password"

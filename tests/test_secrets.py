@@ -29,7 +29,7 @@ from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import expected_topics
 from tier3.streams.telemetry.logs import configure_logging
 
-from tests.support.sasl_broker import SaslBroker, sasl_broker  # noqa: F401 - provides the fixture
+from tests.support.sasl_broker import SaslBroker
 from tests.support.servers import AnthropicServer
 
 pytestmark = pytest.mark.slow

@@ -11,7 +11,7 @@ from tier3.streams.demo.simulate import simulate
 from tier3.streams.local.kafka_broker import LocalBroker
 from tier3.tasks import widgets
 
-from tests.conftest import fresh_settings
+from tests.support.broker import fresh_settings
 from tests.support.kafka_reading import read_all
 
 

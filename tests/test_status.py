@@ -25,8 +25,6 @@ from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import TRACES, TRAINING_REQUESTS, TRAINING_RESULTS
 from tier3.streams.ops.status import collect
 
-from tests.support.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
-
 
 def trace(query_id: str) -> dict:
     return {

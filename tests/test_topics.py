@@ -20,7 +20,7 @@ from tier3.streams.kafka.topics import (
 )
 from tier3.streams.local.kafka_broker import LocalBroker
 
-from tests.conftest import fresh_settings
+from tests.support.broker import fresh_settings
 
 
 def test_topics_have_the_design_configuration(kafka: KafkaSettings) -> None:

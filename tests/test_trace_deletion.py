@@ -26,7 +26,6 @@ from tests.support.capture_harness import (
     publish_jobs,
     run_until,
 )
-from tests.support.disposable_topics import disposable_kafka  # noqa: F401 - the kafka fixture
 from tests.support.kafka_reading import read_all
 
 

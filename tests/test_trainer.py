@@ -18,7 +18,7 @@ from tier3.streams.kafka.events import EventProducer
 from tier3.streams.kafka.settings import LocalSettings
 from tier3.streams.kafka.topics import TRACES, TRAINING_REQUESTS, TRAINING_RESULTS
 
-from tests.conftest import fresh_settings
+from tests.support.broker import fresh_settings
 from tests.support.kafka_reading import read_all, read_events
 from tests.support.trainer_harness import (
     OFFLINE_ENV,

@@ -11,7 +11,8 @@ from pathlib import Path
 
 from tier3.streams.kafka.settings import KafkaSettings
 
-from tests.support.stream_workers import free_port, wait_for
+from tests.support.ports import free_port
+from tests.support.stream_workers import wait_for
 
 
 def _scrape(port: int) -> str:

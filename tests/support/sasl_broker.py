@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,27 +19,10 @@ from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.local.kafka_broker import LocalBroker
 from tier3.streams.local.sasl_broker import ScramUser, TlsListener, sasl_server_config
 
+from tests.support.ports import free_port
+
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
 CLIENT = ScramUser("tier3-app", "pw-" + secrets.token_hex(12))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A free port whose successor is free too (a broker's client and controller ports)."""
-    while True:
-        with socket.socket() as first, socket.socket() as second:
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            return port
 
 
 def make_certificates(folder: Path) -> tuple[Path, Path]:
@@ -115,14 +97,10 @@ class SaslBroker:
         return KafkaSettings(**values)
 
 
-_STARTED: list[SaslBroker] = []
-
-
-@pytest.fixture(scope="session", name="sasl")
-def sasl_broker() -> Iterator[SaslBroker]:
-    if _STARTED:  # imported by several test modules: one broker for all of them
-        yield _STARTED[0]
-        return
+@pytest.fixture(scope="session")
+def sasl() -> Iterator[SaslBroker]:
+    """A broker that asks for SASL/SCRAM (and offers TLS), started the first time a test asks for
+    it and stopped at the session's end."""
     home = Path(tempfile.mkdtemp(prefix="tier3-sasl-"))
     port, controller, tls_port = free_port(), free_port(), free_port()
     keystore, ca_file = make_certificates(home)
@@ -134,11 +112,9 @@ def sasl_broker() -> Iterator[SaslBroker]:
         heap="384m",
         extra_config=sasl_server_config(port, controller, ADMIN_PASSWORD, [CLIENT], tls),
     )
-    _STARTED.append(SaslBroker(broker, CLIENT, f"127.0.0.1:{tls_port}", ca_file))
     try:
         broker.start(timeout=120)
-        yield _STARTED[0]
+        yield SaslBroker(broker, CLIENT, f"127.0.0.1:{tls_port}", ca_file)
     finally:
         broker.stop()
-        _STARTED.clear()
         shutil.rmtree(home, ignore_errors=True)

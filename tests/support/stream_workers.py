@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,28 +15,10 @@ from typing import TypeVar
 from prometheus_client.parser import text_string_to_metric_families
 from tier3.streams.kafka.settings import KafkaSettings
 
+from tests.support.ports import free_port
+
 TIER3 = str(Path(sys.executable).with_name("tier3"))
 T = TypeVar("T")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_port_pair() -> int:
-    """A free port whose next port is free too: ``tier3 broker start --port P`` puts its KRaft
-    controller on P + 1, and a port taken there (say by a client socket) fails the start."""
-    for _ in range(50):
-        port = free_port()
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise RuntimeError("no two free ports in a row on 127.0.0.1")
 
 
 def wait_for(check: Callable[[], T], timeout: float, what: str, every: float = 0.5) -> T:
