@@ -114,6 +114,24 @@ def test_evolution_fixtures_differ_from_current_where_fields_were_added() -> Non
     assert "model_variant" not in json.dumps(old.raw["fields"])
 
 
+def test_trace_versions_1_and_2_read_as_traces_without_messages() -> None:
+    # Version 3 added the messages the teacher was sent; older traces read with none ([]), so
+    # the dataset knows to render them with the task (tests/test_tasks.py).
+    versions = {v.version: v for v in registry.history("Trace")}
+    assert {"1", "2"} <= set(versions)
+    assert "student_error" not in json.dumps(versions["1"].raw)
+    assert "student_error" in json.dumps(versions["2"].raw)
+    for version in ("1", "2"):
+        old = versions[version]
+        assert "teacher_messages" not in json.dumps(old.raw)
+        assert old.fingerprint != registry.current("Trace").fingerprint
+        record = codec.decode(_write_with(old, SAMPLES["Trace"]), expect="Trace").record
+        assert record["teacher_messages"] == [], version
+        assert record["teacher_answer"] == SAMPLES["Trace"]["teacher_answer"]
+    current = codec.decode(codec.encode("Trace", SAMPLES["Trace"])).record
+    assert current["teacher_messages"] == SAMPLES["Trace"]["teacher_messages"]
+
+
 def test_confluent_framing_round_trips_through_a_registry() -> None:
     # The library's in-memory registry: it speaks the same client API as a registry server.
     confluent = ConfluentCodec("mock://tier3-test")

@@ -50,6 +50,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "student_latency_ms": 140.0,
         "student_error": None,
         "teacher_answer_valid": True,
+        "teacher_messages": [
+            {"role": "system", "content": "You pick dashboard widgets."},
+            {"role": "user", "content": "Request: show revenue by region\nContext: {}"},
+        ],
         "object_uri": "file:///tmp/objects/traces/q-/q-1.json",
     },
     "TrainingRequested": {
