@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,13 @@ from confluent_kafka.admin import AdminClient
 from tier3.streams.kafka import offsets
 from tier3.streams.kafka.offsets import Partition
 from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.ops.group_records import (
+    GroupDescription,
+    GroupSummary,
+    OffsetMove,
+    PartitionLag,
+    ResetPlan,
+)
 
 _TIMEOUT = 15.0
 _INACTIVE = (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
@@ -42,93 +48,6 @@ _INACTIVE = (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
 
 class GroupError(RuntimeError):
     """A group operation that cannot be done as asked; the message says why and what to do."""
-
-
-@dataclass(frozen=True)
-class PartitionLag:
-    """One partition a group reads: where it is, where the log ends, who reads it."""
-
-    topic: str
-    partition: int
-    committed: int | None
-    log_start: int
-    log_end: int
-    member: str | None = None
-
-    @property
-    def lag(self) -> int:
-        start = self.committed if self.committed is not None else self.log_start
-        return max(0, self.log_end - max(start, self.log_start))
-
-
-@dataclass
-class GroupSummary:
-    """A consumer group as ``groups list`` shows it."""
-
-    group: str
-    state: str
-    members: int
-    lag: int
-    topics: list[str] = field(default_factory=list)
-
-
-@dataclass
-class GroupDescription:
-    """A consumer group in full: state, members, and lag per partition."""
-
-    group: str
-    state: str
-    members: list[dict[str, Any]]
-    partitions: list[PartitionLag]
-
-    @property
-    def lag(self) -> int:
-        return sum(p.lag for p in self.partitions)
-
-    @property
-    def active(self) -> bool:
-        return bool(self.members) or self.state not in ("EMPTY", "DEAD")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "state": self.state,
-            "members": self.members,
-            "lag": self.lag,
-            "partitions": [{**asdict(p), "lag": p.lag} for p in self.partitions],
-        }
-
-
-@dataclass(frozen=True)
-class OffsetMove:
-    """One line of a reset plan."""
-
-    topic: str
-    partition: int
-    current: int | None
-    target: int
-    log_start: int
-    log_end: int
-
-
-@dataclass
-class ResetPlan:
-    """What a reset would do (dry run) or did (executed), and where the old offsets went."""
-
-    group: str
-    strategy: str
-    moves: list[OffsetMove]
-    executed: bool = False
-    backup: Path | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "group": self.group,
-            "strategy": self.strategy,
-            "executed": self.executed,
-            "backup": str(self.backup) if self.backup else None,
-            "moves": [asdict(m) for m in self.moves],
-        }
 
 
 def _state_name(state: ConsumerGroupState | None) -> str:

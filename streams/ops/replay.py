@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -76,6 +74,7 @@ from tier3.streams.kafka.topics import (
     create_topics,
 )
 from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC
+from tier3.streams.ops.replay_window import ReplayError, ReplayReport, Window, resolve
 from tier3.streams.processors.sampling import Policy, capture_job, decide
 
 log = structlog.get_logger("tier3.replay")
@@ -98,99 +97,6 @@ _EVENTS_OF: dict[str, str | tuple[str, ...]] = {
     TRAINING_REQUESTS: TRAINING_REQUESTED,
     TRAINING_RESULTS: (TRAINING_COMPLETED, TRAINING_FAILED, EVAL_REPORT, MODEL_DEPLOYED),
 }
-
-
-class ReplayError(RuntimeError):
-    """A replay that cannot run as asked; the message says why."""
-
-
-@dataclass(frozen=True)
-class Window:
-    """Which part of a topic's history to replay. Every bound is optional."""
-
-    since: datetime | None = None
-    until: datetime | None = None
-    from_offset: int | None = None
-    to_offset: int | None = None
-    partitions: tuple[int, ...] | None = None
-
-
-@dataclass
-class ReplayReport:
-    """What a replay read, chose and sent (nothing sent in a dry run)."""
-
-    mode: str
-    replay_id: str
-    source: str
-    target: str
-    ranges: list[Range]
-    executed: bool = False
-    read: int = 0
-    undecodable: int = 0
-    duplicates: int = 0
-    skipped_deleted: int = 0
-    skipped_traced: int = 0
-    chosen: Counter[str] = field(default_factory=Counter)
-    sent: int = 0
-    failed: int = 0
-
-    @property
-    def window_size(self) -> int:
-        return sum(r.size for r in self.ranges)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "replay_id": self.replay_id,
-            "executed": self.executed,
-            "source": self.source,
-            "target": self.target,
-            "window": [r.__dict__ for r in self.ranges],
-            "window_size": self.window_size,
-            "read": self.read,
-            "undecodable": self.undecodable,
-            "duplicates": self.duplicates,
-            "skipped_deleted": self.skipped_deleted,
-            "skipped_traced": self.skipped_traced,
-            "chosen": dict(self.chosen),
-            "jobs": sum(self.chosen.values()),
-            "sent": self.sent,
-            "failed": self.failed,
-        }
-
-
-def _ms(moment: datetime) -> int:
-    return int(moment.timestamp() * 1000)
-
-
-def resolve(admin: AdminClient, topic: str, window: Window) -> list[Range]:
-    """The offset ranges of ``topic`` that ``window`` covers, as the broker has them now."""
-    try:
-        parts = offsets.partitions_of(admin, topic)
-    except LookupError as exc:
-        raise ReplayError(str(exc)) from exc
-    if window.partitions is not None:
-        unknown = set(window.partitions) - {p for _, p in parts}
-        if unknown:
-            raise ReplayError(f"{topic} has no partition {sorted(unknown)} ({len(parts)} in all)")
-        parts = [tp for tp in parts if tp[1] in window.partitions]
-    marks = offsets.watermarks(admin, parts)
-    since = offsets.offsets_for_time(admin, parts, _ms(window.since)) if window.since else {}
-    until = offsets.offsets_for_time(admin, parts, _ms(window.until)) if window.until else {}
-    ranges = []
-    for tp in parts:
-        low, high = marks[tp]
-        start, end = low, high
-        if tp in since:
-            start = max(start, since[tp] if since[tp] >= 0 else high)  # -1: nothing that late
-        if tp in until:
-            end = min(end, until[tp] if until[tp] >= 0 else high)
-        if window.from_offset is not None:
-            start = max(start, window.from_offset)
-        if window.to_offset is not None:
-            end = min(end, window.to_offset)
-        ranges.append(Range(tp[0], tp[1], start, max(start, end)))
-    return ranges
 
 
 class _Pacer:
