@@ -19,6 +19,11 @@ a contiguous run of finished jobs (``offsets.PartitionBook``). A crash therefore
 that may already be traced; the object key and the message key both derive from query_id, so the
 rewrite replaces the same object and the compacted topic keeps one latest value per query.
 
+The task. The configured task (``TIER3_TASK``) renders each job's query and context into the
+messages both providers are sent, and judges whether the teacher's reply is a valid answer. The
+trace records those messages (``teacher_messages``, redacted like every other text field), so
+the dataset and the evaluation use what the teacher saw instead of rendering it again.
+
 Failures. An undecodable job goes straight to ``capture-jobs.dlq``. A job whose capture fails
 (teacher error after the SDK's own retries, storage or broker error) is tried ``attempts`` times
 with backoff and jitter, then dead-lettered with the error; the consumer goes on. A teacher reply
@@ -35,7 +40,7 @@ import asyncio
 import random
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -44,16 +49,18 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 from tier3.consumers import metrics
 from tier3.consumers.object_store import TraceStore, UnsafeKeyError
 from tier3.consumers.offsets import OffsetBooks, PartitionBook
-from tier3.consumers.providers import Answer, Provider, Task
+from tier3.consumers.providers import Answer, Provider, Question
 from tier3.consumers.redaction import Redactor
 from tier3.consumers.settings import CaptureSettings
+from tier3.consumers.trace_record import trace_of
 from tier3.schemas import DecodeError
 from tier3.schemas.registry import CAPTURE_JOB, TRACE
 from tier3.streams.kafka.dead_letters import send_dead_letter
 from tier3.streams.kafka.events import EventProducer, codec_of, consumer
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import CAPTURE_JOBS, TRACES
-from tier3.tasks.widgets import parse_answer
+from tier3.tasks.contract import Task
+from tier3.tasks.registry import configured_task
 
 log = structlog.get_logger("tier3.capture")
 
@@ -72,8 +79,10 @@ class CaptureConsumer:
         teacher: Provider,
         student: Provider,
         redactor: Redactor | None = None,
+        task: Task | None = None,
     ) -> None:
         self.kafka = kafka
+        self.task = task or configured_task()
         self.settings = settings
         self.store = store
         self.teacher = teacher
@@ -113,7 +122,7 @@ class CaptureConsumer:
             [self.kafka.topic(CAPTURE_JOBS)],
             on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost,
         )
-        log.info("capture consumer started", group=self.settings.group,
+        log.info("capture consumer started", group=self.settings.group, task=self.task.name,
                  concurrency=self.settings.concurrency, teacher=self.teacher.name,
                  teacher_model=self.teacher.model, student=self.student.name,
                  student_model=self.student.model, store=self.store.root)
@@ -231,15 +240,18 @@ class CaptureConsumer:
         """Ask teacher and student at once, then store the trace and produce it; both confirmed."""
         query_id = job["query_id"]
         uri = self.store.uri(query_id)  # fails early on an unusable query_id
-        task = Task.of(job["query"], job["context"], self.settings.prompt_template)
+        question = Question.of(self.task, job["query"], job["context"])
         teacher, student = await asyncio.gather(
-            self._ask(self.teacher, task, metrics.TEACHER_LATENCY, "teacher"),
-            self._ask(self.student, task, metrics.STUDENT_LATENCY, "student"),
+            self._ask(self.teacher, question, metrics.TEACHER_LATENCY, "teacher"),
+            self._ask(self.student, question, metrics.STUDENT_LATENCY, "student"),
             return_exceptions=True,
         )
         if isinstance(teacher, BaseException):
             raise teacher
-        trace, document = self._trace(job, task, teacher, student, uri)
+        trace, document = trace_of(
+            job, question, teacher, student, uri=uri, task=self.task,
+            teacher_provider=self.teacher, student_provider=self.student, redactor=self.redactor,
+        )
         loop = asyncio.get_running_loop()
         with metrics.SINK_LATENCY.labels("object").time():
             await loop.run_in_executor(self._io, self.store.write, query_id, document)
@@ -247,77 +259,15 @@ class CaptureConsumer:
             await self._produce_trace(query_id, trace)
 
     async def _ask(
-        self, provider: Provider, task: Task, latency: Any, role: str
+        self, provider: Provider, question: Question, latency: Any, role: str
     ) -> tuple[Answer, float]:
         started = time.perf_counter()
-        answer = await provider.answer(task)
+        answer = await provider.answer(question)
         elapsed = time.perf_counter() - started
         latency.labels(provider.name).observe(elapsed)
         metrics.TOKENS.labels(role, "input").inc(answer.input_tokens)
         metrics.TOKENS.labels(role, "output").inc(answer.output_tokens)
         return answer, elapsed * 1000
-
-    def _trace(
-        self,
-        job: dict[str, Any],
-        task: Task,
-        teacher: tuple[Answer, float],
-        student: tuple[Answer, float] | BaseException,
-        uri: str,
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The Trace record (for the topic) and the fuller document (for object storage)."""
-        found: Counter[str] = Counter()
-
-        def clean(text: str) -> str:
-            return self.redactor.redact(text, found) if self.redactor else text
-
-        teacher_answer, teacher_ms = teacher
-        valid = parse_answer(teacher_answer.text) is not None
-        if not valid:
-            metrics.MALFORMED.inc()
-            log.info("teacher answer is not the task's JSON; kept and marked",
-                     query_id=job["query_id"])
-        if isinstance(student, BaseException):
-            metrics.STUDENT_ERRORS.inc()
-            student_answer, student_ms = Answer(""), 0.0
-            student_error: str | None = clean(f"{type(student).__name__}: {student}")
-        else:
-            (student_answer, student_ms), student_error = student, None
-        trace = {
-            "query_id": job["query_id"],
-            "created_at": int(time.time() * 1000),
-            "query": clean(task.query),
-            "context": clean(task.context),
-            "capture_reason": job["reason"],
-            "teacher_provider": self.teacher.name,
-            "teacher_model": self.teacher.model,
-            "teacher_thinking": clean(teacher_answer.thinking),
-            "teacher_answer": clean(teacher_answer.text),
-            "teacher_latency_ms": teacher_ms,
-            "teacher_input_tokens": teacher_answer.input_tokens,
-            "teacher_output_tokens": teacher_answer.output_tokens,
-            "student_provider": self.student.name,
-            "student_model": self.student.model,
-            "student_answer": clean(student_answer.text),
-            "student_latency_ms": student_ms,
-            "student_error": student_error,
-            "teacher_answer_valid": valid,
-            "object_uri": uri,
-        }
-        document = {
-            **trace,
-            "schema": TRACE,
-            "prompt": clean(task.prompt),
-            "original_response": clean(job["original_response"]),
-            "original_model": job["original_model"],
-            "model_variant": job["model_variant"],
-            "confidence": job["confidence"],
-            "rating": job["rating"],
-            "redactions": dict(found),
-        }
-        for pattern, n in found.items():
-            metrics.REDACTIONS.labels(pattern).inc(n)
-        return trace, document
 
     # -- writes that must be confirmed ---------------------------------------------------------
 

@@ -32,7 +32,8 @@ def capture(settings: CaptureSettings) -> None:
     it to the compacted traces topic. Offsets are committed only past jobs whose writes are
     confirmed. A job that keeps failing goes to capture-jobs.dlq. SIGTERM stops taking jobs and
     finishes the ones in flight. Providers, limits and redaction are set by TIER3_* variables
-    (docs/capture.md).
+    (docs/capture.md); the task (its prompt, answer and offline rules) by TIER3_TASK
+    (docs/tasks.md).
     """
     from tier3.consumers.capture import CaptureConsumer
     from tier3.consumers.object_store import TraceStore
@@ -40,7 +41,12 @@ def capture(settings: CaptureSettings) -> None:
     from tier3.consumers.redaction import Redactor
     from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
     from tier3.streams.telemetry.metrics import serve_metrics
+    from tier3.tasks.registry import TaskNotFound, configured_task
 
+    try:
+        task = configured_task()  # a misnamed task stops the start, not the first job
+    except TaskNotFound as exc:
+        raise SettingsError(str(exc)) from exc
     try:
         redactor = (
             Redactor.configured(settings.redact_patterns, settings.redact_defaults)
@@ -54,7 +60,7 @@ def capture(settings: CaptureSettings) -> None:
     kafka, local = KafkaSettings(), LocalSettings()
     worker = CaptureConsumer(
         kafka, settings, TraceStore(local.object_root),
-        build_teacher(settings), build_student(settings), redactor,
+        build_teacher(settings, task), build_student(settings, task), redactor, task,
     )
 
     async def main() -> None:

@@ -1,4 +1,7 @@
-"""Teacher and student providers behind one small interface: ``await provider.answer(task)``.
+"""Teacher and student providers behind one small interface: ``await provider.answer(question)``.
+
+A ``Question`` carries the messages the configured task rendered for a job (``Task.render``);
+every provider sends exactly those messages, so the trace can record what the teacher saw.
 
 * ``AnthropicTeacher``: Claude through ``anthropic.AsyncAnthropic`` with extended thinking. The
   SDK already retries 429, 529 and 5xx with exponential backoff and jitter, honouring
@@ -12,9 +15,9 @@
 * ``OllamaProvider``: any model Ollama serves, through ``ollama.AsyncClient``; the student, or a
   larger local teacher. JSON output is asked for with the task's JSON Schema (``format``).
 * ``OfflineTeacher`` / ``OfflineStudent``: for the demo and machines without keys or servers.
-  The offline teacher answers with the task's reference rules; the offline student with a
-  deliberately weak heuristic (always a table). Both say ``offline`` as provider, so every trace
-  they make says so.
+  The offline teacher answers with the task's reference rules; the offline student with the
+  task's deliberately weak baseline (the widget task: always a table). Both say ``offline`` as
+  provider, so every trace they make says so.
 
 All are async because a capture process keeps hundreds of calls in flight on one event loop; a
 call is I/O (seconds of waiting), not work. Providers never catch errors: a failed call raises,
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from string import Template
 from typing import Any, Protocol
 
 import anthropic
@@ -38,35 +40,33 @@ from httpx_aiohttp import AiohttpTransport
 from tier3.consumers import metrics
 from tier3.consumers.rate_limit import RateLimiter
 from tier3.consumers.settings import CaptureSettings
-from tier3.tasks.widgets import ANSWER_SCHEMA, METRICS, reference_answer, reference_thinking
-from tier3.tasks.widgets import render_prompt as render_widget_prompt
+from tier3.tasks.contract import ChatMessage, Task, context_of, split_system
+from tier3.tasks.registry import configured_task
 
 log = structlog.get_logger("tier3.capture")
 
 
 @dataclass(frozen=True)
-class Task:
-    """What a provider is asked: the query, its context (a JSON document) and the prompt."""
+class Question:
+    """What a provider is asked: the query, its context (a JSON document) and the messages the
+    task rendered from them, which are what every provider sends."""
 
     query: str
     context: str
-    prompt: str
+    messages: tuple[ChatMessage, ...]
 
     @classmethod
-    def of(cls, query: str, context: str, template: str | None = None) -> Task:
-        """The task for a query; ``template`` is a string.Template with $query and $context."""
-        if template is None:
-            prompt = render_widget_prompt(query, context)
-        else:
-            prompt = Template(template).safe_substitute(query=query, context=context)
-        return cls(query, context, prompt)
+    def of(cls, task: Task, query: str, context: str) -> Question:
+        """The question for a job's query and context (a JSON document), rendered by ``task``."""
+        return cls(query, context, tuple(task.render(query, context_of(context))))
 
     def context_dict(self) -> dict[str, Any]:
-        try:
-            value = json.loads(self.context)
-        except json.JSONDecodeError:
-            return {}
-        return value if isinstance(value, dict) else {}
+        return context_of(self.context)
+
+    @property
+    def prompt(self) -> str:
+        """The last user turn's text (what most tasks' prompt is)."""
+        return self.messages[-1]["content"]
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class Provider(Protocol):
     name: str  # what traces record as provider: 'anthropic', 'ollama', 'offline'
     model: str
 
-    async def answer(self, task: Task) -> Answer: ...
+    async def answer(self, question: Question) -> Answer: ...
 
     async def aclose(self) -> None: ...
 
@@ -139,12 +139,15 @@ class AnthropicTeacher:
             metrics.RATE_LIMIT_WAIT.inc(waited)
         return await call_next(request)
 
-    async def answer(self, task: Task) -> Answer:
+    async def answer(self, question: Question) -> Answer:
+        system, turns = split_system(list(question.messages))
         request: dict[str, Any] = {
             "model": self.model,
             "max_tokens": self.max_tokens,
-            "messages": [{"role": "user", "content": task.prompt}],
+            "messages": turns,
         }
+        if system is not None:
+            request["system"] = system  # the Messages API takes the system prompt apart
         if self.thinking_budget:
             request["thinking"] = {"type": "enabled", "budget_tokens": self.thinking_budget}
         message = await self.client.messages.create(**request)
@@ -192,8 +195,8 @@ class OpenAICompatibleTeacher:
             http_client=openai.DefaultAioHttpClient(limits=limits),
         )
 
-    async def answer(self, task: Task) -> Answer:
-        messages = [{"role": "user", "content": task.prompt}]
+    async def answer(self, question: Question) -> Answer:
+        messages = list(question.messages)
         estimate = _estimate_tokens(messages)
         if self.limiter is not None:
             metrics.RATE_LIMIT_WAIT.inc(await self.limiter.admit(estimate))
@@ -231,9 +234,11 @@ class OllamaProvider:
         think: bool = False,
         timeout_s: float = 120.0,
         max_connections: int = 1000,
+        answer_schema: dict[str, Any] | None = None,
     ) -> None:
         self.model = model
         self.json_output = json_output
+        self.answer_schema = answer_schema
         self.think = think
         limits = httpx.Limits(max_connections=max_connections,
                               max_keepalive_connections=max_connections)
@@ -241,11 +246,13 @@ class OllamaProvider:
             host=host, timeout=timeout_s, transport=AiohttpTransport(limits=limits)
         )
 
-    async def answer(self, task: Task) -> Answer:
+    async def answer(self, question: Question) -> Answer:
+        # The task's JSON Schema when there is one; else plain JSON mode.
+        response_format = (self.answer_schema or "json") if self.json_output else None
         response = await self.client.chat(
             model=self.model,
-            messages=[{"role": "user", "content": task.prompt}],
-            format=ANSWER_SCHEMA if self.json_output else None,
+            messages=list(question.messages),
+            format=response_format,
             think=self.think or None,
             options={"temperature": 0},
         )
@@ -266,32 +273,41 @@ class OfflineTeacher:
     name = "offline"
     model = "reference-rules"
 
-    async def answer(self, task: Task) -> Answer:
-        context = task.context_dict()
-        answer = reference_answer(task.query, context)
-        return Answer(json.dumps(answer), reference_thinking(task.query, context))
+    def __init__(self, task: Task) -> None:
+        self.task = task
+
+    async def answer(self, question: Question) -> Answer:
+        context = question.context_dict()
+        answer = self.task.reference_answer(question.query, context)
+        return Answer(json.dumps(answer), self.task.reference_thinking(question.query, context))
 
     async def aclose(self) -> None:
         return None
 
 
 class OfflineStudent:
-    """A deliberately weak student: finds the metric, always shows a table."""
+    """A deliberately weak student: the task's baseline answer (the widget task: the metric, but
+    always a table). A task without a baseline gets an empty object, which it may not accept."""
 
     name = "offline"
-    model = "table-heuristic"
 
-    async def answer(self, task: Task) -> Answer:
-        metric = next((m for m in METRICS if m in task.query.lower()), "unknown")
-        answer = {"widgets": ["table"], "primary_metric": metric, "appropriateness": 0.5}
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.model = f"{task.name}-baseline"
+
+    async def answer(self, question: Question) -> Answer:
+        baseline = self.task.baseline_answer
+        answer = baseline(question.query, question.context_dict()) if baseline else {}
         return Answer(json.dumps(answer))
 
     async def aclose(self) -> None:
         return None
 
 
-def build_teacher(settings: CaptureSettings) -> Provider:
-    """The configured teacher; logs plainly when the offline one stands in."""
+def build_teacher(settings: CaptureSettings, task: Task | None = None) -> Provider:
+    """The configured teacher for ``task`` (default: the configured one); logs plainly when the
+    offline one stands in."""
+    task = task or configured_task()
     model = settings.teacher_model_name
     limiter = None
     if settings.teacher_requests_per_minute or settings.teacher_tokens_per_minute:
@@ -328,23 +344,27 @@ def build_teacher(settings: CaptureSettings) -> Provider:
         return OllamaProvider(settings.ollama_host, model, json_output=settings.json_output,
                               think=settings.thinking_budget > 0,
                               timeout_s=settings.teacher_timeout_s,
-                              max_connections=settings.concurrency * 2)
+                              max_connections=settings.concurrency * 2,
+                              answer_schema=dict(task.answer_schema))
     log.warning(
         "no teacher configured (ANTHROPIC_API_KEY unset): the OFFLINE reference-rules teacher "
         "stands in; every trace says teacher_provider=offline",
     )
-    return OfflineTeacher()
+    return OfflineTeacher(task)
 
 
-def build_student(settings: CaptureSettings) -> Provider:
-    """The configured student; logs plainly when the offline one stands in."""
+def build_student(settings: CaptureSettings, task: Task | None = None) -> Provider:
+    """The configured student for ``task`` (default: the configured one); logs plainly when the
+    offline one stands in."""
+    task = task or configured_task()
     if settings.student_provider == "ollama":
         return OllamaProvider(settings.ollama_host, settings.student_model,
                               json_output=settings.json_output,
                               timeout_s=settings.student_timeout_s,
-                              max_connections=settings.concurrency * 2)
+                              max_connections=settings.concurrency * 2,
+                              answer_schema=dict(task.answer_schema))
     log.warning(
-        "no student configured (TIER3_OLLAMA_HOST unset): the OFFLINE table-heuristic student "
+        "no student configured (TIER3_OLLAMA_HOST unset): the OFFLINE baseline student "
         "stands in; every trace says student_provider=offline",
     )
-    return OfflineStudent()
+    return OfflineStudent(task)

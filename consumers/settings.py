@@ -54,11 +54,6 @@ class CaptureSettings(BaseSettings):
     teacher_model: str | None = Field(None, description="Teacher model (default per provider).")
     thinking_budget: int = Field(2048, ge=0, description="Thinking budget; 0: off.")
     teacher_max_tokens: int = Field(4096, ge=1, description="max_tokens of a teacher call.")
-    prompt_template: str | None = Field(
-        None,
-        description="Teacher/student prompt as a string.Template with $query and $context; "
-        "default: the widget task's own prompt (tier3.tasks.widgets.render_prompt).",
-    )
     teacher_max_retries: int = Field(4, ge=0, description="SDK retries on 429/529/5xx per call.")
     teacher_timeout_s: float = Field(120.0, gt=0, description="Timeout of one teacher request.")
     teacher_requests_per_minute: float | None = Field(

@@ -274,7 +274,8 @@ def test_offline_providers_make_traces_that_say_so(kafka, store_root, monkeypatc
     for job in jobs:
         trace = latest[job["query_id"]]
         assert (trace["teacher_provider"], trace["teacher_model"]) == ("offline", "reference-rules")
-        assert (trace["student_provider"], trace["student_model"]) == ("offline", "table-heuristic")
+        student = (trace["student_provider"], trace["student_model"])
+        assert student == ("offline", "widgets-baseline")
         context = json.loads(job["context"])
         assert json.loads(trace["teacher_answer"]) == reference_answer(job["query"], context)
         assert trace["teacher_input_tokens"] == 0  # nothing was paid for

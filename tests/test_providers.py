@@ -14,22 +14,24 @@ from tier3.consumers.providers import (
     OfflineStudent,
     OfflineTeacher,
     OllamaProvider,
-    Task,
+    Question,
     build_student,
     build_teacher,
 )
 from tier3.consumers.rate_limit import RateLimiter
 from tier3.consumers.settings import CaptureSettings
+from tier3.tasks import widgets
 from tier3.tasks.widgets import ANSWER_SCHEMA, parse_answer, reference_answer
 
 from tests.support.servers import AnthropicServer, Fault, OllamaServer
 from tests.support.servers.widget_replies import teacher_reply
 
 CONTEXT = {"alerts_open": True, "page": "ops", "screen": "desktop"}
-TASK = Task.of("plot error rate trend this week", json.dumps(CONTEXT))
+WIDGETS = widgets.task()
+TASK = Question.of(WIDGETS, "plot error rate trend this week", json.dumps(CONTEXT))
 
 
-def ask(provider, task: Task = TASK):
+def ask(provider, task: Question = TASK):
     async def go():
         try:
             return await provider.answer(task)
@@ -77,7 +79,7 @@ def test_retries_run_out_into_the_sdk_error():
 
 def test_ollama_student_asks_for_the_task_json_schema():
     with OllamaServer(models={"llama3.2:1b"}) as server:
-        answer = ask(OllamaProvider(server.url, "llama3.2:1b"))
+        answer = ask(OllamaProvider(server.url, "llama3.2:1b", answer_schema=ANSWER_SCHEMA))
         request = server.requests[0]
     assert request["format"] == ANSWER_SCHEMA
     assert request["_path"] == "/api/chat"
@@ -103,7 +105,7 @@ def test_ollama_can_be_the_teacher_with_thinking():
 
 
 def test_offline_providers_say_so_and_differ_in_quality():
-    teacher, student = ask(OfflineTeacher()), ask(OfflineStudent())
+    teacher, student = ask(OfflineTeacher(WIDGETS)), ask(OfflineStudent(WIDGETS))
     assert OfflineTeacher.name == OfflineStudent.name == "offline"
     assert json.loads(teacher.text) == reference_answer(TASK.query, CONTEXT)
     assert json.loads(student.text)["widgets"] == ["table"]
@@ -123,10 +125,11 @@ def test_without_key_or_host_the_offline_providers_stand_in(monkeypatch, capsys)
 def test_a_key_picks_anthropic_and_a_template_shapes_the_prompt(monkeypatch):
     monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-from-env")
     monkeypatch.setenv("TIER3_PROMPT_TEMPLATE", "Q: $query | C: $context | {json}")
-    settings = CaptureSettings()
-    assert settings.teacher_provider == "anthropic"
-    task = Task.of("show orders", '{"page": "sales"}', settings.prompt_template)
-    assert task.prompt == 'Q: show orders | C: {"page": "sales"} | {json}'
+    assert CaptureSettings().teacher_provider == "anthropic"
+    # The prompt is the widget task's setting: capture, dataset and router all get it there.
+    question = Question.of(widgets.task(), "show orders", '{"page": "sales"}')
+    assert question.messages == ({"role": "user",
+                                  "content": 'Q: show orders | C: {"page": "sales"} | {json}'},)
 
 
 def test_rate_limit_on_requests_is_honoured():
