@@ -1,4 +1,8 @@
-"""Synthetic backend traffic: widget-selection queries, answers and (some) feedback.
+"""Synthetic backend traffic: the task's queries, answers and (some) feedback.
+
+The queries come from the configured task's generator (``Task.random_query``; the built-in
+widget task has one, so by default this is widget-selection traffic) and the backend's answers
+from its reference rules.
 
 ``simulate(n, seed)`` is deterministic: the same seed gives the same events, ids and timestamps
 included (timestamps count from a fixed epoch, not from the wall clock), so tests, demos and
@@ -18,7 +22,8 @@ from dataclasses import dataclass
 from tier3.schemas.codec import Record
 from tier3.schemas.registry import EXPERIENCE, FEEDBACK
 from tier3.streams.backend.publisher import Publisher
-from tier3.tasks import widgets
+from tier3.tasks.contract import Task
+from tier3.tasks.registry import configured_task
 
 EPOCH_MS = 1_767_225_600_000  # 2026-01-01T00:00:00Z: simulated time starts here
 
@@ -35,19 +40,23 @@ def _hash(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def simulate(events: int, seed: int = 0, rated_share: float = 0.7) -> Iterator[SimulatedEvent]:
+def simulate(
+    events: int, seed: int = 0, rated_share: float = 0.7, task: Task | None = None
+) -> Iterator[SimulatedEvent]:
     """Yield ``events`` experiences and feedback for ``rated_share`` of them, in time order.
 
     Feedback arrives 1 to 30 simulated seconds after its experience; some queries are never rated.
+    ``task`` (default: the configured one) makes the queries and answers.
     """
+    task = task or configured_task()
     rng = random.Random(seed)
     pending: list[SimulatedEvent] = []
     now = EPOCH_MS
     for _ in range(events):
         now += rng.randint(5, 200)
         query_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
-        q = widgets.random_query(rng)
-        answer = widgets.reference_answer(q.text, q.context)
+        q = task.generate_query(rng)
+        answer = task.reference_answer(q.text, q.context)
         confidence = round(rng.betavariate(5, 2), 4)
         experience = {
             "query_id": query_id,

@@ -10,21 +10,25 @@ The held-out split is decided by a hash of the query_id alone, not by position o
 draw: a query is in the evaluation split in every request that includes it, so a later run can
 never train on what an earlier run was evaluated on.
 
-Each example is a conversation in TRL's format: the user turn is the query with its context,
-rendered as every stage renders it (``widgets.render_prompt``); the assistant turn is the
-teacher's thinking in ``<think>…</think>`` followed by its answer, so the student learns the
-reasoning, not only the verdict. The loss is on the assistant turn only (see ``sft``).
+Each example is a conversation in TRL's format: the prompt turns are the messages the teacher
+was sent, exactly as the trace recorded them (``Trace.teacher_messages``), never rendered again,
+so a changed prompt cannot make the student learn text the teacher never saw. Only a trace older
+than schema version 3, which has no messages, is rendered with the configured task
+(``tasks.contract.trace_messages``); the manifest counts those (``rendered_prompts``). The
+assistant turn is the teacher's thinking in ``<think>…</think>`` followed by its answer, so the
+student learns the reasoning, not only the verdict. The loss is on the assistant turn only
+(see ``sft``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from tier3.tasks import widgets
+from tier3.tasks.contract import ChatMessage, Task, trace_messages
+from tier3.tasks.registry import configured_task
 
 Split = Literal["train", "eval"]
 MANIFEST_VERSION = 1
@@ -48,18 +52,11 @@ def assistant_turn(thinking: str, answer: str) -> str:
     return f"<think>{thinking.strip()}</think>\n{answer.strip()}" if thinking.strip() else answer
 
 
-def to_messages(trace: dict[str, Any]) -> list[dict[str, str]]:
-    context = trace["context"]
-    # render_prompt shows a context that is not JSON as it came.
-    with contextlib.suppress(json.JSONDecodeError, TypeError):
-        context = json.loads(context)
-    return [
-        {"role": "user", "content": widgets.render_prompt(trace["query"], context)},
-        {
-            "role": "assistant",
-            "content": assistant_turn(trace["teacher_thinking"], trace["teacher_answer"]),
-        },
-    ]
+def to_messages(trace: dict[str, Any], task: Task | None = None) -> list[ChatMessage]:
+    """One example: the messages the teacher saw, then what the student learns to answer."""
+    prompt = trace_messages(trace, task or configured_task())
+    answer = assistant_turn(trace["teacher_thinking"], trace["teacher_answer"])
+    return [*prompt, ChatMessage(role="assistant", content=answer)]
 
 
 @dataclass
@@ -76,10 +73,14 @@ def build_dataset(
     traces: dict[str, dict[str, Any]],
     eval_share: float,
     base_model: str,
+    task: Task | None = None,
 ) -> BuiltDataset:
-    """The examples for ``request`` from ``traces`` (latest trace per query_id)."""
+    """The examples for ``request`` from ``traces`` (latest trace per query_id); ``task``
+    (default: the configured one) renders only traces that carry no messages."""
+    task = task or configured_task()
     built = BuiltDataset()
     included, excluded = [], []
+    rendered = 0
     for query_id in sorted(set(request["query_ids"])):
         trace = traces.get(query_id)
         if trace is None:
@@ -89,7 +90,8 @@ def build_dataset(
             excluded.append({"query_id": query_id, "reason": "teacher answer not valid"})
             continue
         split = split_of(query_id, eval_share)
-        example = {"query_id": query_id, "messages": to_messages(trace)}
+        rendered += not trace.get("teacher_messages")
+        example = {"query_id": query_id, "messages": to_messages(trace, task)}
         (built.eval if split == "eval" else built.train).append(example)
         included.append(
             {
@@ -104,6 +106,8 @@ def build_dataset(
         "request_id": request["request_id"],
         "model": request["model"],
         "base_model": base_model,
+        "task": task.name,
+        "rendered_prompts": rendered,
         "eval_share": eval_share,
         "split_rule": "sha256('tier3-eval-split:' + query_id)[:8] / 2**64 < eval_share → eval",
         "requested": len(set(request["query_ids"])),

@@ -5,9 +5,9 @@ Tests of the trainer, the evaluator and the exporter need a real causal LM that 
 but it must build in seconds on a CPU and never touch a hub. So, as the Hugging Face libraries'
 own tests do, we build one:
 
-- a byte-level BPE tokenizer trained here with ``tokenizers`` on the widget task's own text
-  (simulated queries, prompts, the teacher's thinking and answers), so a small vocabulary
-  (~1k) still encodes the task compactly;
+- a byte-level BPE tokenizer trained here with ``tokenizers`` on the configured task's own text
+  (simulated queries, the task's messages, the reference thinking and answers), so a small
+  vocabulary (~1k) still encodes the task compactly;
 - Llama-3-like special tokens and chat template; the template wraps the assistant's content
   *and* its ``<|eot_id|>`` in ``{% generation %}`` markers, so TRL's ``assistant_only_loss``
   masks the user turn and the model learns when to stop;
@@ -28,7 +28,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from tier3.tasks import widgets
+from tier3.tasks.registry import TaskSettings, configured_task
 from tier3.trainers.training.dataset import assistant_turn
 
 # Bump when the build below changes in a way the recipe dict does not capture.
@@ -68,6 +68,7 @@ def recipe(seed: int = 0) -> dict:
     return {
         "build_version": BUILD_VERSION,
         "seed": seed,
+        "task": TaskSettings().task,
         "vocab_size": 1024,
         "corpus_queries": 600,
         "model": {
@@ -89,18 +90,20 @@ def recipe_hash(seed: int = 0) -> str:
 
 
 def _corpus(seed: int, queries: int) -> Iterator[str]:
-    """The widget task's text as the student will see it: prompts, thinking, answers."""
+    """The task's text as the student will see it: its messages, thinking, answers."""
     from tier3.schemas.registry import EXPERIENCE
     from tier3.streams.demo.simulate import simulate
 
-    for event in simulate(queries, seed):
+    task = configured_task()
+    for event in simulate(queries, seed, task=task):
         if event.event != EXPERIENCE:
             continue
         query, context = event.record["query"], json.loads(event.record["context"])
-        yield widgets.render_prompt(query, context)
+        for message in task.render(query, context):
+            yield message["content"]
         yield assistant_turn(
-            widgets.reference_thinking(query, context),
-            json.dumps(widgets.reference_answer(query, context)),
+            task.reference_thinking(query, context),
+            json.dumps(task.reference_answer(query, context)),
         )
 
 
