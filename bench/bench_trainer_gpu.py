@@ -162,7 +162,7 @@ def matmul_params(shape: dict) -> int:
 def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
     import torch
     from datasets import Dataset
-    from tier3.trainers.training.config import TrainerConfig
+    from tier3.trainers.training.settings import TrainerSettings
     from tier3.trainers.training.sft import load_base, lora_config, sft_config
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -209,9 +209,9 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
     device = "cuda" if on_gpu else "cpu"
     shape = TINY if args.smoke else LLAMA_1B
     model_dir = Path(args.model_dir)
-    tier3_cfg = TrainerConfig(
+    tier3_cfg = TrainerSettings(
         base_model=str(model_dir),
-        max_seq_length=args.seq_len,
+        max_length=args.seq_len,
         max_steps=args.steps,
         logging_steps=1,
         save_steps=10**9,

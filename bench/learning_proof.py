@@ -162,8 +162,8 @@ def run(args: argparse.Namespace) -> dict:
     _ensure_tier3_importable()
     from tier3.streams.processors.training_requests import request_id
     from tier3.trainers.release.evaluate import held_out_from_traces
-    from tier3.trainers.training.config import TrainerConfig
     from tier3.trainers.training.dataset import build_dataset
+    from tier3.trainers.training.settings import TrainerSettings
     from tier3.trainers.training.sft import device_type, train
 
     work = args.work or Path(tempfile.mkdtemp(prefix="tier3-learning-proof-"))
@@ -178,7 +178,7 @@ def run(args: argparse.Namespace) -> dict:
 
     before = measure(student, held_out, args)
     modules = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj,embed_tokens"
-    config = TrainerConfig(
+    config = TrainerSettings(
         base_model=str(student),
         learning_rate=args.lr,
         num_train_epochs=args.epochs,
@@ -188,7 +188,7 @@ def run(args: argparse.Namespace) -> dict:
         lora_alpha=args.lora_r,
         lora_dropout=0.0,
         target_modules=modules,
-        max_seq_length=512,
+        max_length=512,
         logging_steps=10,
         save_steps=100_000,
         progress="logs",

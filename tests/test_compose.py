@@ -30,7 +30,7 @@ SETTINGS_MODULES = [
     "tier3.streams.processors.settings",
     "tier3.streams.backend.router",
     "tier3.consumers.settings",
-    "tier3.trainers.training.config",
+    "tier3.trainers.training.settings",
     "tier3.trainers.release.gate",
 ]
 

@@ -314,10 +314,10 @@ def test_several_processes_train_under_torchrun(kafka, student, tmp_path):
 def test_packed_examples_never_see_each_other(student):
     """Padding-free packing puts several examples in one sequence; each must see only itself."""
     import torch
-    from tier3.trainers.training.config import TrainerConfig
+    from tier3.trainers.training.settings import TrainerSettings
     from tier3.trainers.training.sft import load_base
 
-    model, _ = load_base(TrainerConfig(base_model=str(student)), "cpu")
+    model, _ = load_base(TrainerSettings(base_model=str(student)), "cpu")
     torch.manual_seed(1)
     with torch.no_grad():  # random weights near zero give near-uniform outputs: make them bolder
         for parameter in model.parameters():

@@ -78,16 +78,16 @@ def publish_request(settings: KafkaSettings, record: dict[str, Any]) -> None:
     )
 
 
-def tiny_config(base_model: Path, work_dir: Path, **overrides: Any):  # -> TrainerConfig
+def tiny_config(base_model: Path, work_dir: Path, **overrides: Any):  # -> TrainerSettings
     """A run small enough for a shared 2-core CPU: a dozen steps of a few hundred tokens."""
-    from tier3.trainers.training.config import TrainerConfig
+    from tier3.trainers.training.settings import TrainerSettings
 
     fields = {
         "base_model": str(base_model),
         "work_dir": work_dir,
         "max_steps": 12,
         "per_device_train_batch_size": 2,
-        "max_seq_length": 256,
+        "max_length": 256,
         "learning_rate": 1e-2,
         "lora_r": 8,
         "lora_alpha": 16,
@@ -99,4 +99,4 @@ def tiny_config(base_model: Path, work_dir: Path, **overrides: Any):  # -> Train
         "progress": "logs",
         **overrides,
     }
-    return TrainerConfig(**fields)
+    return TrainerSettings(**fields)

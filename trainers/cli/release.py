@@ -34,9 +34,9 @@ NameOpt = Annotated[str, typer.Option(help="The model's name in Ollama.")]
 
 
 def _model(model: str | None) -> str:
-    from tier3.trainers.training.config import TrainerConfig
+    from tier3.trainers.training.settings import TrainerSettings
 
-    return model or TrainerConfig().student_model
+    return model or TrainerSettings().student_model
 
 
 def _completed(model: str, request_id: str) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """One training request, from its event to its result event: the path every trigger takes.
 
 ``tier3 run trainer`` (the consumer group) and ``tier3 train`` (the manual trigger) both call
-``TrainingRun.handle``, which:
+``TrainingRun.handle``, which (``manual_request`` is what ``tier3 train`` asks for):
 
 1. returns the stored result if the request is already done (its ``_COMPLETE`` marker exists),
    re-emitting it only when the training-results topic does not hold it yet: a request is
@@ -32,15 +32,16 @@ from typing import Any
 import structlog
 from confluent_kafka import KafkaException
 from tier3.schemas import DecodeError
-from tier3.schemas.registry import TRAINING_COMPLETED, TRAINING_FAILED
+from tier3.schemas.registry import TRAINING_COMPLETED, TRAINING_FAILED, TRAINING_REQUESTED
 from tier3.streams.kafka.events import EventProducer, codec_of
 from tier3.streams.kafka.reader import read_to_end
 from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
-from tier3.streams.kafka.topics import TRAINING_RESULTS
+from tier3.streams.kafka.topics import TRAINING_REQUESTS, TRAINING_RESULTS
+from tier3.streams.processors.training_requests import MANUAL, training_request
 from tier3.trainers.artifacts import RunArtifacts, latest_local_checkpoint
-from tier3.trainers.training.config import TrainerConfig
 from tier3.trainers.training.dataset import BuiltDataset, build_dataset
 from tier3.trainers.training.failures import TrainingError
+from tier3.trainers.training.settings import TrainerSettings
 from tier3.trainers.training.traces_source import read_traces
 
 log = structlog.get_logger(__name__)
@@ -62,7 +63,7 @@ class TrainingRun:
         self,
         settings: KafkaSettings,
         local: LocalSettings,
-        config: TrainerConfig,
+        config: TrainerSettings,
         producer: EventProducer | None = None,
     ) -> None:
         self.settings = settings
@@ -219,6 +220,35 @@ class TrainingRun:
             name == TRAINING_COMPLETED and record["request_id"] == request_id
             for name, record in read_results(self.settings)
         )
+
+
+@dataclass
+class ManualRequest:
+    """What ``tier3 train`` found: the request it would make, and whether there were enough."""
+
+    request: dict[str, Any]
+    enough: bool  # at least ``min_traces`` usable traces (or forced)
+
+
+def manual_request(
+    settings: KafkaSettings, trainer: TrainerSettings, force: bool = False
+) -> ManualRequest:
+    """The request ``tier3 train`` makes: every live trace whose teacher answer was valid.
+
+    The same record (and id) the counter would make for these traces, so a manual run and a
+    triggered one differ only in who asked.
+    """
+    traces = read_traces(settings).traces
+    query_ids = sorted(q for q, t in traces.items() if t.get("teacher_answer_valid", True))
+    request = training_request(trainer.student_model, query_ids, MANUAL)
+    return ManualRequest(request, force or len(query_ids) >= trainer.min_traces)
+
+
+def publish_request(settings: KafkaSettings, request: dict[str, Any]) -> None:
+    """Put ``request`` on training-requests for the trainer group; return once acknowledged."""
+    EventProducer(settings).send_and_wait(
+        TRAINING_REQUESTS, TRAINING_REQUESTED, request["model"], request
+    )
 
 
 def read_results(settings: KafkaSettings, timeout: float = 30.0) -> list[tuple[str, dict]]:

@@ -17,12 +17,14 @@ The choices, and why:
   object storage, so a crash resumes from the last one, on this machine or another.
 - Progress: a rich bar on a terminal, one structured log line per logging step otherwise.
 
-``sft_config`` is the single place where tier3's TrainerConfig becomes TRL's SFTConfig; the GPU
-benchmark imports it, so what is measured is what runs.
+``sft_config`` is the single place where tier3's TrainerSettings becomes TRL's SFTConfig (how,
+without copying fields: ``trainers.training.settings``); the GPU benchmark imports it, so what is
+measured is what runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import sys
@@ -33,9 +35,9 @@ from typing import Any
 
 import structlog
 from tier3.trainers.artifacts import RunArtifacts
-from tier3.trainers.training.config import TrainerConfig
 from tier3.trainers.training.dataset import BuiltDataset
 from tier3.trainers.training.failures import TrainingError
+from tier3.trainers.training.settings import TrainerSettings
 
 log = structlog.get_logger(__name__)
 
@@ -55,43 +57,48 @@ def device_type() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def sft_config(config: TrainerConfig, output_dir: Path, device: str | None = None) -> Any:
-    """TRL's SFTConfig for tier3's configuration on ``device`` ("cuda" or "cpu")."""
+def sft_config(settings: TrainerSettings, output_dir: Path, device: str | None = None) -> Any:
+    """TRL's SFTConfig for tier3's settings on ``device`` ("cuda" or "cpu").
+
+    Three layers, later ones winning: what tier3 fixes (the loss on the assistant turn, no
+    evaluation during training, our own progress display, ...), the ``SFTArguments`` group of
+    the settings as it is, and the settings' ``sft`` extras.
+    """
     from trl import SFTConfig
 
-    cfg = config.resolved(device or device_type())
-    on_cpu = (device or device_type()) == "cpu"
-    return SFTConfig(
-        output_dir=str(output_dir),
-        seed=cfg.seed,
-        learning_rate=cfg.learning_rate,
-        num_train_epochs=cfg.num_train_epochs,
-        max_steps=cfg.max_steps,
-        per_device_train_batch_size=cfg.per_device_train_batch_size,
-        per_device_eval_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of the total steps
-        weight_decay=cfg.weight_decay,
-        lr_scheduler_type="cosine",
-        optim=cfg.optim,
-        bf16=bool(cfg.bf16),
-        fp16=False,
-        use_cpu=on_cpu,
+    device = device or device_type()
+    cfg = settings.resolved(device)
+    on_cpu = device == "cpu"
+    fixed = {
+        "output_dir": str(output_dir),
+        "per_device_eval_batch_size": cfg.per_device_train_batch_size,
+        "lr_scheduler_type": "cosine",
+        "fp16": False,
+        "use_cpu": on_cpu,
         **_checkpointing_args(SFTConfig, cfg.gradient_checkpointing),
-        max_length=cfg.max_seq_length,
-        packing=cfg.packing,
-        assistant_only_loss=True,
-        dataset_num_proc=None,
-        logging_steps=cfg.logging_steps,
-        save_strategy="steps",
-        save_steps=cfg.save_steps,
-        save_total_limit=cfg.save_total_limit,
-        eval_strategy="no",  # evaluated once at the end, on the held-out split
-        report_to="none",
-        disable_tqdm=True,  # our own progress callback, a bar or log lines
-        dataloader_pin_memory=not on_cpu,
-        ddp_find_unused_parameters=False,
-    )
+        "assistant_only_loss": True,
+        "dataset_num_proc": None,
+        "save_strategy": "steps",
+        "eval_strategy": "no",  # evaluated once at the end, on the held-out split
+        "report_to": "none",
+        "disable_tqdm": True,  # our own progress callback, a bar or log lines
+        "dataloader_pin_memory": not on_cpu,
+        "ddp_find_unused_parameters": False,
+    }
+    return SFTConfig(**fixed, **cfg.sft_arguments() | _checked_extras(SFTConfig, cfg.sft))
+
+
+def _checked_extras(config_class: type, extras: dict[str, Any]) -> dict[str, Any]:
+    """``extras`` if every key is a field of ``config_class`` that no tier3 setting owns."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    unknown = sorted(set(extras) - fields)
+    if unknown:
+        raise ValueError(f"TIER3_TRAIN_SFT: {unknown} are not fields of TRL's SFTConfig")
+    owned = sorted(set(extras) & set(TrainerSettings.model_fields))
+    if owned:
+        names = ", ".join(f"TIER3_TRAIN_{name.upper()}" for name in owned)
+        raise ValueError(f"TIER3_TRAIN_SFT: set {names} instead of passing {owned} in it")
+    return extras
 
 
 def _checkpointing_args(config_class: type, enabled: bool) -> dict[str, Any]:
@@ -105,7 +112,7 @@ def _checkpointing_args(config_class: type, enabled: bool) -> dict[str, Any]:
     return {name: enabled, f"{name}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
-def lora_config(config: TrainerConfig) -> Any:
+def lora_config(config: TrainerSettings) -> Any:
     from peft import LoraConfig
 
     return LoraConfig(
@@ -117,7 +124,7 @@ def lora_config(config: TrainerConfig) -> Any:
     )
 
 
-def load_base(config: TrainerConfig, device: str) -> tuple[Any, Any]:
+def load_base(config: TrainerSettings, device: str) -> tuple[Any, Any]:
     """The base model and its tokenizer; a clear TrainingError when they cannot be loaded."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -147,7 +154,7 @@ def load_base(config: TrainerConfig, device: str) -> tuple[Any, Any]:
 
 def train(
     built: BuiltDataset,
-    config: TrainerConfig,
+    config: TrainerSettings,
     output_dir: Path,
     artifacts: RunArtifacts | None = None,
     resume_from: Path | None = None,
@@ -193,7 +200,7 @@ def train(
         raise TrainingError(
             "train",
             "out of GPU memory: lower TIER3_TRAIN_PER_DEVICE_TRAIN_BATCH_SIZE or "
-            "TIER3_TRAIN_MAX_SEQ_LENGTH, or set TIER3_TRAIN_GRADIENT_CHECKPOINTING=true",
+            "TIER3_TRAIN_MAX_LENGTH, or set TIER3_TRAIN_GRADIENT_CHECKPOINTING=true",
             type(exc).__name__,
         ) from exc
     adapter_dir = output_dir / "adapter"

@@ -15,15 +15,15 @@ import sys
 from pathlib import Path
 
 from tier3.trainers.artifacts import RunArtifacts
-from tier3.trainers.training.config import TrainerConfig
 from tier3.trainers.training.dataset import BuiltDataset
 from tier3.trainers.training.failures import TrainingError
+from tier3.trainers.training.settings import TrainerSettings
 
 
 def write_job(
     run_dir: Path,
     built: BuiltDataset,
-    config: TrainerConfig,
+    config: TrainerSettings,
     artifacts_uri: str,
     resume: Path | None,
 ) -> Path:
@@ -49,7 +49,7 @@ def main(job_file: str) -> int:
 
     job_path = Path(job_file)
     job = json.loads(job_path.read_text())
-    config = TrainerConfig.model_validate(job["config"])
+    config = TrainerSettings.model_validate(job["config"])
     model, request_id = job["artifacts_uri"].rstrip("/").rsplit("/", 2)[-2:]
     root = job["artifacts_uri"].rsplit("/models/", 1)[0]
     artifacts = RunArtifacts(root, model, request_id)
