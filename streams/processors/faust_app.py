@@ -20,29 +20,28 @@ What both processors share lives here, once:
   input offset) and make their outputs idempotent themselves; docs/stream-processing.md has the
   details.
 * **Metrics** on the process' Prometheus registry: events in by outcome, table sizes, consumer lag.
+
+Where tier3 changes Faust's behaviour or reaches into its internals, it does so in
+``faust_patches`` (each patch names the upstream behaviour and the versions checked); the
+self-healing of a stalled worker is ``watchdog``.
 """
 
 from __future__ import annotations
 
-import os
 import ssl
-import sys
-import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import faust
 import structlog
-from faust.transport.consumer import Consumer as FaustConsumer
-from faust.transport.consumer import ensure_TP
-from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from prometheus_client import Counter, Gauge
 from tier3.streams.kafka.dead_letters import dead_letter_headers
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import DLQ_SUFFIX, TopicSpec, create_named_topics
+from tier3.streams.processors import faust_patches
+from tier3.streams.processors.watchdog import Watchdog, restart_in_place
 
 log = structlog.get_logger("tier3.faust")
 
@@ -61,43 +60,6 @@ CONSUMER_LAG = Gauge(
 )
 
 RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
-
-
-# Faust's producer buffer (behind table writes and send_soon) flushes itself when it holds more
-# than 100 records, and that flush waits up to 0.1 s per record on an event that is easily
-# missed: measured here, it capped a worker near 1,000 events/s. A larger buffer lets the
-# records flow to aiokafka's own batching instead; Faust still flushes all of them before it
-# commits an offset, so the at-least-once guarantee does not change.
-ProducerBuffer.max_messages = 20_000
-
-
-async def _perform_seek(self: FaustConsumer) -> None:
-    """Seek every assigned partition to its committed offset, or to its beginning if none.
-
-    Faust's own ``perform_seek`` is the step that undoes a rebalance's lost reads: while a worker
-    recovers its tables, Faust fetches records of its source partitions and drops them (they are
-    paused), then seeks each partition back to its committed offset. But aiokafka skips that seek
-    where the group has no offset yet, or offset 0, so a worker taking over from one killed
-    before its first commit started past records nobody had processed. Measured here: 4 restarts
-    in 8 lost every event published after the kill. Starting such partitions at the beginning is
-    what ``auto_offset_reset='earliest'`` means; offset 0, where retention removed it, resets to
-    the earliest offset still kept.
-    """
-    committed = await self.seek_to_committed()
-    changelogs = self.app.tables.changelog_topics
-    fresh = {tp: 0 for tp, offset in committed.items() if not offset and tp.topic not in changelogs}
-    if fresh:
-        await self.seek_wait(fresh)
-    self._read_offset.update(
-        {tp: offset if offset is not None and offset >= 0 else None
-         for tp, offset in committed.items()}
-    )
-    self._committed_offset.update(
-        {ensure_TP(tp): offset or None for tp, offset in committed.items() if offset is not None}
-    )
-
-
-FaustConsumer.perform_seek = _perform_seek  # type: ignore[method-assign]
 
 
 def _credentials(settings: KafkaSettings) -> faust.auth.Credentials | None:
@@ -137,6 +99,7 @@ def make_app(
     ``session_timeout_s`` is how long the group waits for a worker that stopped answering (one
     that crashed) before its partitions go to the others; a clean stop hands them over at once.
     """
+    faust_patches.apply()
     workdir.mkdir(parents=True, exist_ok=True)
     return faust.App(
         settings.topic(role),
@@ -241,16 +204,9 @@ class DeadLetters:
 class PartitionBook:
     """Which partitions this worker owns, how far it has read each one, and its consumer lag.
 
-    Every two seconds it publishes the lag of each source partition and watches for a stall:
-    when a ready worker reads nothing for two checks in a row while its lag is above zero, it
-    asks the group to rebalance. A safety net: the stall it was written for (a worker restarted
-    after a crash reading nothing) had its cause in Faust's seek, fixed by ``_perform_seek``.
+    Every two seconds it publishes the lag of each source partition and hands the figures to the
+    worker's ``Watchdog``, which acts when the worker stalls.
     """
-
-    # Past these, a rebalance is not enough: the worker starts afresh (``restart_in_place``).
-    STUCK_NOT_READY_S = 60.0
-    TIMERS_SILENT_S = 60.0
-    REJOINS_BEFORE_RESTART = 3
 
     def __init__(self, app: faust.App, role: str, sources: list[str]) -> None:
         self.app = app
@@ -259,22 +215,8 @@ class PartitionBook:
         self.read: dict[TP, int] = {}
         self.lag = 0
         self._lag_labels: set[tuple[str, str]] = set()
-        self._last_progress = -1
-        self._idle_checks = 0
-        self._rejoins = 0
-        self._not_ready_since: float | None = None
-        self._heartbeat = time.monotonic()
+        self.watchdog = Watchdog(app)
         app.timer(2.0, name=f"{app.conf.id}.partitions")(self.check)
-        threading.Thread(target=self._dead_mans_switch, name="tier3-watchdog", daemon=True).start()
-
-    def _dead_mans_switch(self) -> None:
-        """Restart the worker when its timers stop: seen after a restart's recovery, when the
-        tables were rebuilt and then neither the timers nor the stream ran again."""
-        while True:
-            time.sleep(5)
-            silent = time.monotonic() - self._heartbeat
-            if silent > self.TIMERS_SILENT_S:
-                restart_in_place(f"no timer has run for {silent:.0f}s")
 
     def owned_partitions(self, topic: str) -> set[int]:
         """Partitions of ``topic`` this worker owns, once settled (no rebalance or recovery)."""
@@ -288,41 +230,9 @@ class PartitionBook:
         return not self.app.rebalancing and recovery.completed.is_set() and not recovery.in_recovery
 
     async def check(self) -> None:
-        self._heartbeat = time.monotonic()
+        self.watchdog.beat()
         await self._update_lag()
-        progress = sum(self.read.values())
-        ready = self.ready()
-        now = time.monotonic()
-        if ready:
-            self._not_ready_since = None
-        elif self._not_ready_since is None:
-            self._not_ready_since = now
-        elif now - self._not_ready_since > self.STUCK_NOT_READY_S:
-            restart_in_place(f"not ready (recovery or rebalance) for {self.STUCK_NOT_READY_S:.0f}s")
-        if not ready or self.lag == 0 or progress != self._last_progress:
-            if progress != self._last_progress:
-                self._rejoins = 0
-            self._last_progress, self._idle_checks = progress, 0
-            return
-        self._idle_checks += 1
-        if self._idle_checks >= 2:
-            if self._rejoins >= self.REJOINS_BEFORE_RESTART:
-                restart_in_place(
-                    f"idle while lagging ({self.lag}) after {self._rejoins} rebalances"
-                )
-            log.warning("stream idle while lagging; asking the group to rebalance", lag=self.lag)
-            self._idle_checks = 0
-            self._rejoins += 1
-            await self._rejoin()
-
-    async def _rejoin(self) -> None:
-        # aiokafka's consumer lives on Faust's consumer thread: ask it there.
-        thread = self.app.consumer._thread
-
-        async def rejoin() -> None:
-            thread._ensure_consumer()._coordinator.request_rejoin()
-
-        await thread.call_thread(rejoin)
+        await self.watchdog.check(self.ready(), self.lag, sum(self.read.values()))
 
     async def _update_lag(self) -> None:
         consumer = self.app.consumer
@@ -379,38 +289,17 @@ def every(app: faust.App, seconds: float, fun: Callable[[], None]) -> None:
     app.timer(seconds, name=f"{app.conf.id}.{fun.__qualname__}")(tick)
 
 
-def restart_in_place(reason: str) -> NoReturn:
-    """Start this worker afresh in the same process (``exec``): same pid, clean Faust state.
-
-    The cure for the stalls above, and for a worker that could not reach the broker while it
-    started: what a supervisor would do, without one, and without leaving a child behind when
-    the process is killed. Tables recover from their changelogs as after any restart. Repeated
-    restarts back off, up to 30 s apart.
-    """
-    restarts = int(os.environ.get("TIER3_WORKER_RESTARTS", "0"))
-    delay = min(30.0, 2.0**restarts)
-    log.error("restarting the worker", reason=reason, restarts=restarts, after_s=delay)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    time.sleep(delay)
-    os.environ["TIER3_WORKER_RESTARTS"] = str(restarts + 1)
-    os.execv(sys.executable, [sys.executable, *sys.argv])
-
-
 def run_worker(app: faust.App, loglevel: str = "warning") -> None:
     """Run the app's worker in this process until SIGINT or SIGTERM (then stop cleanly).
 
     A worker that ends with an error (the broker unreachable at start-up, say) starts again.
     """
     worker = faust.Worker(app, loglevel=loglevel, quiet=True, redirect_stdouts=False)
-    # Faust's start-up spinner sets the root logger to DEBUG so that every record turns it:
-    # measured here, building the aiokafka and Faust debug records nobody reads took ~7% of a
-    # busy sampler's time. It also wrote terminal escapes into the logs.
-    worker.spinner = None
+    faust_patches.without_spinner(worker)
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
         # A stop asked for by SIGTERM or SIGINT is not a failure: only the others restart.
-        if exc.code not in (0, None) and worker._signal_stop_time is None:
+        if exc.code not in (0, None) and not faust_patches.stopped_by_signal(worker):
             restart_in_place(f"the worker exited with {exc.code}")
         raise

@@ -52,6 +52,7 @@ from tier3.streams.processors import faust_app
 from tier3.streams.processors.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
 from tier3.streams.processors.sampling import capture_job, decide
 from tier3.streams.processors.settings import SamplerSettings
+from tier3.streams.processors.watchdog import restart_in_place
 
 log = structlog.get_logger("tier3.sampler")
 
@@ -331,7 +332,7 @@ class Sampler:
         # record that the broker acknowledges in milliseconds, so half a minute means stuck.
         oldest = min(self.in_flight.values(), default=None)
         if oldest is not None and time.monotonic() - oldest > UNACKNOWLEDGED_RESTART_S:
-            faust_app.restart_in_place(
+            restart_in_place(
                 f"{len(self.in_flight)} capture jobs unacknowledged for "
                 f"{UNACKNOWLEDGED_RESTART_S:.0f}s"
             )
