@@ -89,7 +89,12 @@ def _resolve(path: str, spec: str) -> Task:
             raise TaskNotFound(f"{SETTING}={spec!r}: module {module_name!r} has no {attr!r}")
         target = getattr(target, part)
     if not isinstance(target, Task) and callable(target):
-        target = target()
+        try:
+            target = target()
+        except Exception as exc:  # a factory's own failure (its settings, say), named as such
+            raise TaskNotFound(
+                f"{SETTING}={spec!r}: {path}() failed: {type(exc).__name__}: {exc}"
+            ) from exc
     if not isinstance(target, Task):
         raise TaskNotFound(
             f"{SETTING}={spec!r}: {path} is a {type(target).__name__}, not a tier3 Task "
