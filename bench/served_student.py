@@ -34,7 +34,7 @@ def main() -> int:
     args = parser.parse_args()
     _ensure_tier3_importable()
     import ollama
-    from tier3.streams.backend.router import ollama_student
+    from tier3.streams.backend.router import ollama_chat
     from tier3.trainers.release.evaluate import evaluate, held_out_from_traces, replies_from
     from tier3.trainers.release.ollama_deploy import register
     from tier3.trainers.training.dataset import build_dataset, request_id_for
@@ -48,9 +48,9 @@ def main() -> int:
         request = {"request_id": request_id_for("proof", ids), "model": "proof", "query_ids": ids}
         built = build_dataset(request, traces, args.eval_share, "served")
         held_out = held_out_from_traces(built.manifest, traces)[: args.max_eval]
-        ask = ollama_student(client, options={"num_predict": 200})
+        chat = ollama_chat(client, options={"num_predict": 200})
         started = time.perf_counter()
-        replies = replies_from(lambda q, c: ask(args.name, q, c), held_out)
+        replies = replies_from(lambda messages: chat(args.name, messages), held_out)
         metrics = evaluate(held_out, replies)
     summary = {
         "served": {"name": registered.ollama_name, "digest": registered.digest},
