@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up and run tier3's tests on a fresh machine: a virtual environment with every extra, the
-# local Kafka broker (fetched from Maven Central on first use), then pytest. Extra arguments go
-# to pytest (e.g. `scripts/test.sh -m "not slow"`). `.ci/run` calls exactly this.
+# local Kafka broker (fetched from Maven Central on first use), the import-layering check, then
+# pytest. Extra arguments go to pytest (e.g. `scripts/test.sh -m "not slow"`). `.ci/run` calls
+# exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[all]'
+
+# The layering contracts in pyproject.toml ([tool.importlinter]): a broken one fails CI at once.
+.venv/bin/lint-imports
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 if [ -x scripts/build-ollama.sh ]; then
