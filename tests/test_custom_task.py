@@ -21,7 +21,7 @@ from tier3.tasks import configured_task
 from tier3.trainers.release.evaluate import held_out_from_traces
 from tier3.trainers.training.dataset import build_dataset
 
-from tests import custom_task
+from tests.support import custom_task
 from tests.support.capture_harness import (
     build_worker,
     latest_traces,
@@ -41,7 +41,7 @@ TICKETS = [
 
 @pytest.fixture(autouse=True)
 def triage_task(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIER3_TASK", "tests.custom_task:task")
+    monkeypatch.setenv("TIER3_TASK", "tests.support.custom_task:task")
 
 
 def test_the_dataset_trains_on_exactly_what_the_teacher_received(

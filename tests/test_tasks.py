@@ -27,9 +27,9 @@ def test_widgets_is_the_default_and_is_registered_as_an_entry_point(monkeypatch)
 
 
 def test_a_dotted_path_loads_a_task_or_a_factory(monkeypatch) -> None:
-    monkeypatch.setenv("TIER3_TASK", "tests.custom_task:task")
+    monkeypatch.setenv("TIER3_TASK", "tests.support.custom_task:task")
     assert configured_task().name == "ticket-triage"
-    made = load_task("tests.custom_task:task")
+    made = load_task("tests.support.custom_task:task")
     assert isinstance(made, Task) and load_task(" tier3.tasks.widgets:task ").name == "widgets"
 
 
@@ -38,10 +38,13 @@ def test_a_dotted_path_loads_a_task_or_a_factory(monkeypatch) -> None:
     [
         ("triage", "no task is registered under that name (registered: widgets"),
         ("no_such_module.anywhere:task", "cannot import module 'no_such_module.anywhere'"),
-        ("tests.custom_task:nope", "module 'tests.custom_task' has no 'nope'"),
-        ("tests.custom_task:not_a_task", "is a dict, not a tier3 Task"),
-        ("tests.custom_task:", "a dotted path is 'package.module:attr'"),
-        ("tests.custom_task:teacher_reply", "tests.custom_task:teacher_reply() failed: TypeError"),
+        ("tests.support.custom_task:nope", "module 'tests.support.custom_task' has no 'nope'"),
+        ("tests.support.custom_task:not_a_task", "is a dict, not a tier3 Task"),
+        ("tests.support.custom_task:", "a dotted path is 'package.module:attr'"),
+        (
+            "tests.support.custom_task:teacher_reply",
+            "tests.support.custom_task:teacher_reply() failed: TypeError",
+        ),
     ],
 )
 def test_a_task_that_cannot_be_loaded_names_the_setting(monkeypatch, spec: str, says: str) -> None:

@@ -1,8 +1,8 @@
 """A team's own task, outside tier3: support-ticket triage, registered by dotted path.
 
-``TIER3_TASK=tests.custom_task:task`` loads it (tests/test_custom_task.py). Its prompt is its
-own, unlike the widget task's in every way that could be lost between stages: a system turn, a
-user turn over several lines, non-ASCII characters and a context field shown in its own words.
+``TIER3_TASK=tests.support.custom_task:task`` loads it (tests/test_custom_task.py). Its prompt is
+its own, unlike the widget task's in every way that could be lost between stages: a system turn,
+a user turn over several lines, non-ASCII characters and a context field shown in its own words.
 """
 
 from __future__ import annotations
