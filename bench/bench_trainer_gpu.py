@@ -10,8 +10,14 @@ intermediate 8192, vocab 128256, tied embeddings), each in its own process:
   everything else TRL's defaults (fp32 weights loaded by TRL, bf16 autocast, gradient
   checkpointing on, batch 8 padded to its longest example, no packing);
 - ``tier3``: tier3's own ``load_base`` + ``sft_config`` + ``lora_config`` (bf16 weights, no
-  LoRA dropout, padding-free BFD packing with flex_attention, no gradient checkpointing, fused
-  AdamW, 4 sequences of 2048 tokens per step).
+  LoRA dropout, padding-free BFD packing with flex_attention, no gradient checkpointing, 4
+  sequences of 2048 tokens per step). Both use the fused AdamW (``adamw_torch_fused``): it is
+  the HF Trainer's default with transformers 5, so it is not a difference between the two.
+
+``--variant NAME:FIELD=VALUE,...`` adds a tier3 run with any TrainerSettings field changed
+(the bench's own choices too, e.g. ``logging_steps``), or any other SFTConfig field (passed
+through the ``sft`` setting, e.g. ``use_liger_kernel=true``). Each child's log lines are echoed
+as they come, prefixed with its configuration, so a stall shows where it is.
 
 Reported per run: real (non-padding) tokens per second over the steps after a warm-up, MFU
 and peak GPU memory. MFU counts N = the parameters that take part in matrix products: every
@@ -35,6 +41,7 @@ The JSON summary goes to stdout and, when ``OUT`` is set, to ``$OUT/trainer_benc
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -45,6 +52,7 @@ import tempfile
 import time
 import types
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 H100_BF16_DENSE = 989e12
@@ -162,7 +170,6 @@ def matmul_params(shape: dict) -> int:
 def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
     import torch
     from datasets import Dataset
-    from tier3.trainers.training.settings import TrainerSettings
     from tier3.trainers.training.sft import load_base, lora_config, sft_config
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -209,15 +216,7 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
     device = "cuda" if on_gpu else "cpu"
     shape = TINY if args.smoke else LLAMA_1B
     model_dir = Path(args.model_dir)
-    tier3_cfg = TrainerSettings(
-        base_model=str(model_dir),
-        max_length=args.seq_len,
-        max_steps=args.steps,
-        logging_steps=1,
-        save_steps=10**9,
-        progress="logs",
-        **overrides,
-    )
+    tier3_cfg = bench_settings(model_dir, args, overrides)
     traces = synthetic_traces(args.examples, args.seq_len, args.tokens_per_thought)
     dataset = Dataset.from_list(traces)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{which}-"))
@@ -296,9 +295,32 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
     }
 
 
+def bench_settings(model_dir: Path, args: argparse.Namespace, overrides: dict) -> Any:
+    """The bench's TrainerSettings with ``overrides`` on top, whichever field they name.
+
+    A key that is a TrainerSettings field overrides it (the bench's own choices too:
+    ``logging_steps``, ``max_length``, ``max_steps``, ...); any other key is passed to TRL's
+    SFTConfig through the ``sft`` setting (e.g. ``use_liger_kernel=true``), which refuses a key
+    SFTConfig does not have.
+    """
+    from tier3.trainers.training.settings import TrainerSettings
+
+    fields = {
+        "base_model": str(model_dir),
+        "max_length": args.seq_len,
+        "max_steps": args.steps,
+        "logging_steps": 1,
+        "save_steps": 10**9,
+        "progress": "logs",
+    }
+    own = {k: v for k, v in overrides.items() if k in TrainerSettings.model_fields}
+    sft = {k: v for k, v in overrides.items() if k not in own}
+    return TrainerSettings(**{**fields, **own, "sft": {**own.get("sft", {}), **sft}})
+
+
 def parse_variant(text: str) -> dict:
-    """``name:field=value,field=value`` → TrainerConfig overrides (values parsed as JSON if
-    they can be)."""
+    """``name:field=value,field=value`` → overrides of any TrainerSettings field, or of any other
+    SFTConfig field (values parsed as JSON if they can be)."""
     _, _, pairs = text.partition(":")
     overrides = {}
     for pair in filter(None, pairs.split(",")):
@@ -332,21 +354,27 @@ def child(
     if nproc == 1:
         # One visible GPU: with several, the HF Trainer would fall back to nn.DataParallel.
         env["CUDA_VISIBLE_DEVICES"] = env.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0]
-    result = subprocess.run(
-        [*command, *script], capture_output=True, text=True, check=False, env=env
-    )
-    if args.profile:
-        sys.stderr.write(result.stderr[-30000:])
-    lines = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    if result.returncode != 0 or not lines:
-        sys.stderr.write(result.stderr[-6000:])
-        return {
-            "config": which,
-            "gpus": nproc,
-            "overrides": overrides,
-            "error": result.stderr[-1500:],
-        }
+    returncode, stdout, stderr_tail = stream([*command, *script], env, label=f"{which}/{nproc}")
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    if returncode != 0 or not lines:
+        return {"config": which, "gpus": nproc, "overrides": overrides, "error": stderr_tail}
     return json.loads(lines[-1])
+
+
+def stream(command: list[str], env: dict, label: str) -> tuple[int, str, str]:
+    """Run ``command``, echoing its stderr line by line as it comes (prefixed with ``label``),
+    so a slow or stalled child shows where it is; return its status, stdout and stderr's tail."""
+    tail: collections.deque[str] = collections.deque(maxlen=40)
+    with tempfile.TemporaryFile(mode="w+") as out:
+        child = subprocess.Popen(command, stdout=out, stderr=subprocess.PIPE, text=True, env=env)
+        assert child.stderr is not None
+        for line in child.stderr:
+            sys.stderr.write(f"[{label}] {line}")
+            sys.stderr.flush()
+            tail.append(line)
+        returncode = child.wait()
+        out.seek(0)
+        return returncode, out.read(), "".join(tail)[-1500:]
 
 
 def main() -> int:
@@ -363,8 +391,8 @@ def main() -> int:
         action="append",
         default=[],
         metavar="NAME:FIELD=VALUE,...",
-        help="also run tier3 with these TrainerConfig overrides, "
-        "e.g. sdpa:attn_implementation=sdpa",
+        help="also run tier3 with these overrides of any TrainerSettings or SFTConfig field, "
+        "e.g. sdpa:attn_implementation=sdpa or liger:use_liger_kernel=true",
     )
     parser.add_argument(
         "--profile", action="store_true", help="profile 3 steps of each run (torch.profiler)"

@@ -38,6 +38,7 @@ from tier3.trainers.artifacts import RunArtifacts
 from tier3.trainers.training.dataset import BuiltDataset
 from tier3.trainers.training.failures import TrainingError
 from tier3.trainers.training.settings import TrainerSettings
+from tier3.trainers.training.student_base import resolve as resolve_base
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +86,7 @@ def sft_config(settings: TrainerSettings, output_dir: Path, device: str | None =
         "dataloader_pin_memory": not on_cpu,
         "ddp_find_unused_parameters": False,
     }
-    return SFTConfig(**fixed, **cfg.sft_arguments() | _checked_extras(SFTConfig, cfg.sft))
+    return SFTConfig(**fixed | cfg.sft_arguments() | _checked_extras(SFTConfig, cfg.sft))
 
 
 def _checked_extras(config_class: type, extras: dict[str, Any]) -> dict[str, Any]:
@@ -125,24 +126,30 @@ def lora_config(config: TrainerSettings) -> Any:
 
 
 def load_base(config: TrainerSettings, device: str) -> tuple[Any, Any]:
-    """The base model and its tokenizer; a clear TrainingError when they cannot be loaded."""
+    """The base model and its tokenizer; a clear TrainingError when they cannot be loaded.
+
+    ``config.base_model`` (TIER3_STUDENT_BASE) is resolved by ``student_base``: a GGUF is
+    dequantized, a folder or cached hub id loaded as it is.
+    """
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tier3.trainers.training.student_base import StudentBaseError
 
     cfg = config.resolved(device)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(config.base_model)
-        model = AutoModelForCausalLM.from_pretrained(
-            config.base_model,
+        base = resolve_base(config.base_model)
+        tokenizer = base.load_tokenizer()
+        model = base.load_model(
             dtype=torch.bfloat16 if cfg.bf16 else torch.float32,
             attn_implementation=cfg.attn_implementation,
         )
+    except StudentBaseError as exc:
+        raise TrainingError("model", str(exc), type(exc).__name__) from exc
     except (OSError, ValueError) as exc:
         raise TrainingError(
             "model",
-            f"cannot load base model {config.base_model!r}: {exc}. Set TIER3_TRAIN_BASE_MODEL to "
-            "a local folder holding a causal LM and its tokenizer, or to a hub id already in the "
-            "Hugging Face cache (downloads may be off).",
+            f"cannot load base model {config.base_model!r}: {exc}. Set TIER3_STUDENT_BASE to a "
+            "GGUF file, a local folder holding a causal LM and its tokenizer, or a hub id "
+            "already in the Hugging Face cache (downloads may be off).",
             type(exc).__name__,
         ) from exc
     if not tokenizer.chat_template:
@@ -211,6 +218,7 @@ def train(
         merged = trainer.model.merge_and_unload()
         merged.save_pretrained(str(merged_dir))
         tokenizer.save_pretrained(str(merged_dir))
+        resolve_base(config.base_model).write_marker(merged_dir)  # the export keeps its tokenizer
     return SFTOutcome(adapter_dir, merged_dir, metrics)
 
 
