@@ -113,11 +113,12 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
 app = FastAPI(title="widget selector", lifespan=lifespan)
 
 
-def get_router(request: Request) -> AsyncRouter:
+# async: FastAPI runs a plain-def dependency in its thread pool, a thread hop per request.
+async def get_router(request: Request) -> AsyncRouter:
     return request.app.state.router
 
 
-def get_publisher(request: Request) -> Publisher:
+async def get_publisher(request: Request) -> Publisher:
     return request.app.state.publisher
 
 
