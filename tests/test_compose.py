@@ -32,6 +32,7 @@ SETTINGS_MODULES = [
     "tier3.consumers.settings",
     "tier3.trainers.training.settings",
     "tier3.trainers.release.gate",
+    "tier3.trainers.release.settings",
 ]
 
 

@@ -19,8 +19,9 @@ from tier3.streams.kafka.settings import LocalSettings
 from tier3.streams.kafka.topics import TRACES, TRAINING_RESULTS
 from tier3.tasks import widgets
 from tier3.trainers.artifacts import RunArtifacts
-from tier3.trainers.release.consumer import Release, ReleaseConsumer, ReleaseOptions
+from tier3.trainers.release.consumer import Release, ReleaseConsumer
 from tier3.trainers.release.gate import GateThresholds
+from tier3.trainers.release.settings import ReleaseSettings
 
 from tests.support.kafka_reading import read_all, read_events
 
@@ -89,8 +90,8 @@ def finished_run(kafka, tmp_path) -> tuple[LocalSettings, dict]:
     return local, completed
 
 
-def options() -> ReleaseOptions:
-    return ReleaseOptions(thresholds=GateThresholds(min_examples=3), max_new_tokens=8)
+def options() -> ReleaseSettings:
+    return ReleaseSettings(thresholds=GateThresholds(min_examples=3), max_new_tokens=8)
 
 
 def test_a_finished_run_is_evaluated_reported_and_gated(kafka, finished_run):

@@ -1,10 +1,12 @@
 """``tier3 eval``, ``export``, ``deploy``, ``rollback`` and ``tier3 run release|ab-guard``.
 
-Registered by ``trainers.cli.register`` (the trainer's entry point). Every command works on a
-training run named by its request id: its artefacts are found in object storage under
+Registered by ``trainers.cli.training.register`` (the trainer's entry point). Every command
+works on a training run named by its request id: its artefacts are found in object storage under
 ``models/<model>/<request_id>/`` and its events on training-results, so an operator never has
 to pass paths around. The Ollama server is the ``ollama`` SDK's (``OLLAMA_HOST``) unless
-``--ollama-host`` says otherwise.
+``--ollama-host`` says otherwise. Each command parses, calls the release domain
+(``trainers.release``) and prints; how runs are evaluated and deployed is ``ReleaseSettings``,
+whose fields give the options their help, variables and defaults.
 """
 
 from __future__ import annotations
@@ -18,25 +20,19 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from tier3.streams.cli.settings_options import settings_options
 from tier3.streams.telemetry.metrics import MetricsPort, serve_metrics
+from tier3.trainers.release.settings import ReleaseSettings
 
 console = Console(stderr=True)
 
-ModelOpt = Annotated[
-    str | None,
-    typer.Option(help="Logical student model (default: TIER3_TRAIN_STUDENT_MODEL)."),
-]
+# Every option below that sets how runs are evaluated or deployed is a ReleaseSettings field.
+MODEL = {"student_model": "--model"}
+EVALUATION = ["tolerance", "schema_file", "max_examples", "max_new_tokens", "batch_size"]
 RequestOpt = Annotated[str, typer.Option(help="The training request whose run to use.")]
 HostOpt = Annotated[
     str | None, typer.Option(help="Ollama server URL (default: OLLAMA_HOST or localhost).")
 ]
-NameOpt = Annotated[str, typer.Option(help="The model's name in Ollama.")]
-
-
-def _model(model: str | None) -> str:
-    from tier3.trainers.training.settings import TrainerSettings
-
-    return model or TrainerSettings().student_model
 
 
 def _completed(model: str, request_id: str) -> dict[str, Any]:
@@ -57,19 +53,17 @@ def _ollama(host: str | None) -> Any:
     return ollama.Client(host=host) if host else ollama.Client()
 
 
+@settings_options(
+    ReleaseSettings, ["student_model", *EVALUATION], flags={**MODEL, "schema_file": "--schema"}
+)
 def evaluate_cmd(
+    settings: ReleaseSettings,
     request_id: RequestOpt,
-    model: ModelOpt = None,
     served: Annotated[
         str | None,
         typer.Option(help="Evaluate this model as Ollama serves it, instead of the checkpoint."),
     ] = None,
     ollama_host: HostOpt = None,
-    schema: Annotated[
-        Path | None, typer.Option(help="JSON Schema file answers must be valid against.")
-    ] = None,
-    tolerance: Annotated[float, typer.Option(help="Largest score difference that matches.")] = 0.1,
-    max_examples: Annotated[int | None, typer.Option(help="Evaluate at most this many.")] = None,
     out: Annotated[Path | None, typer.Option(help="Also keep the report in this folder.")] = None,
 ) -> None:
     """Evaluate a run's student against the teacher on its held-out split; emit EvalReport.
@@ -80,68 +74,19 @@ def evaluate_cmd(
     EvalReport on training-results. Exit code 0 when the gate passed, 1 when it did not.
     """
     from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
-    from tier3.trainers.release.consumer import Release, ReleaseOptions
+    from tier3.trainers.release.consumer import Release, evaluate_served
 
-    model = _model(model)
-    completed = _completed(model, request_id)
-    options = ReleaseOptions(tolerance=tolerance, schema_file=str(schema) if schema else None)
-    options.max_examples = max_examples
+    completed = _completed(settings.student_model, request_id)
+    kafka, local = KafkaSettings(), LocalSettings()
     if served:
-        released = _evaluate_served(completed, served, _ollama(ollama_host), options, out)
+        client = _ollama(ollama_host)
+        released = evaluate_served(kafka, local, completed, served, client, settings, out)
     else:
-        released = Release(KafkaSettings(), LocalSettings(), options).handle(completed)
+        released = Release(kafka, local, settings).handle(completed)
     _print_eval(released.eval_report)
     if out and not served:
         console.print(f"report: {released.eval_report['report_uri']}")
     raise typer.Exit(0 if released.decision.passed else 1)
-
-
-def _evaluate_served(
-    completed: dict, name: str, client: Any, options: Any, out: Path | None
-) -> Any:
-    """The served model's replies, gated with the A/B ratings (they are about this model)."""
-    from tier3.streams.backend.ab_test import compare, read_ratings
-    from tier3.streams.backend.router import ollama_chat
-    from tier3.streams.kafka.events import EventProducer
-    from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
-    from tier3.streams.kafka.topics import TRAINING_RESULTS
-    from tier3.trainers.artifacts import RunArtifacts
-    from tier3.trainers.release.consumer import Released, eval_report_record, read_json
-    from tier3.trainers.release.evaluate import (
-        AnswerValidator,
-        evaluate,
-        held_out_from_traces,
-        replies_from,
-    )
-    from tier3.trainers.release.gate import decide
-    from tier3.trainers.release.report import write_report
-    from tier3.trainers.training.traces_source import read_traces
-
-    kafka = KafkaSettings()
-    manifest = read_json(completed["manifest_uri"])
-    examples = held_out_from_traces(manifest, read_traces(kafka).traces)
-    examples = examples[: options.max_examples] if options.max_examples else examples
-    chat = ollama_chat(client)
-    replies = replies_from(lambda messages: chat(name, messages), examples)
-    metrics = evaluate(
-        examples,
-        replies,
-        tolerance=options.tolerance,
-        validator=AnswerValidator(options.schema_file),
-    )
-    ratings = compare(read_ratings(kafka))
-    decision = decide(metrics, options.thresholds, ratings)
-    folder = out or Path(tempfile.mkdtemp(prefix="tier3-eval-"))
-    write_report(
-        metrics, folder, title=f"{name} (served): evaluation", decision=decision, ratings=ratings
-    )
-    run = RunArtifacts(LocalSettings().object_root, completed["model"], completed["request_id"])
-    report_uri = run.upload_dir(folder, f"eval-served-{name}") + "/report.md"
-    record = eval_report_record(
-        metrics, decision, ratings, completed["request_id"], completed["model"], report_uri
-    )
-    EventProducer(kafka).send_and_wait(TRAINING_RESULTS, "EvalReport", completed["model"], record)
-    return Released(metrics, decision, record, None)
 
 
 def _print_eval(record: dict) -> None:
@@ -152,10 +97,11 @@ def _print_eval(record: dict) -> None:
     typer.echo(json.dumps(record, indent=2))
 
 
+@settings_options(ReleaseSettings, ["student_model"], flags=MODEL)
 def export_cmd(
+    settings: ReleaseSettings,
     out: Annotated[Path, typer.Option(help="Where to write the F16 GGUF file.")],
     request_id: Annotated[str | None, typer.Option(help="Export this run's student.")] = None,
-    model: ModelOpt = None,
     model_dir: Annotated[
         Path | None, typer.Option(help="Export this merged checkpoint instead of a run.")
     ] = None,
@@ -170,17 +116,18 @@ def export_cmd(
 
     if (request_id is None) == (model_dir is None):
         raise typer.BadParameter("give exactly one of --request-id and --model-dir")
+    model = settings.student_model
     with tempfile.TemporaryDirectory(prefix="tier3-export-") as tmp:
-        source = model_dir or weights_of(_completed(_model(model), request_id), Path(tmp))
-        result = export_gguf(source, out, name=_model(model))
+        source = model_dir or weights_of(_completed(model, request_id), Path(tmp))
+        result = export_gguf(source, out, name=model)
     console.print(f"wrote {result.path} ({result.tensors} tensors, sha256 {result.sha256[:12]})")
     typer.echo(summary_json(result.path))
 
 
+@settings_options(ReleaseSettings, ["student_model", "ollama_name"], flags=MODEL)
 def deploy_cmd(
+    settings: ReleaseSettings,
     request_id: RequestOpt,
-    model: ModelOpt = None,
-    ollama_name: NameOpt = "cc-widget-selector-v2",
     ollama_host: HostOpt = None,
     gguf: Annotated[
         Path | None, typer.Option(help="A GGUF already exported (default: export the run now).")
@@ -198,7 +145,7 @@ def deploy_cmd(
     from tier3.trainers.release.gguf_export import GGUF_NAME, export_gguf
     from tier3.trainers.release.ollama_deploy import deploy
 
-    kafka, model = KafkaSettings(), _model(model)
+    kafka, model, name = KafkaSettings(), settings.student_model, settings.ollama_name
     completed = _completed(model, request_id)
     report = eval_reports(kafka).get(request_id)
     if report is None:
@@ -217,28 +164,29 @@ def deploy_cmd(
             decision=decision,
             request_id=request_id,
             model=model,
-            ollama_name=ollama_name,
+            ollama_name=name,
             manifest_uri=completed["manifest_uri"],
             eval_report_uri=report["report_uri"],
         )
-    console.print(f"deployed {ollama_name} ({record['digest']}, {record['quantization']})")
+    console.print(f"deployed {name} ({record['digest']}, {record['quantization']})")
     typer.echo(json.dumps(record, indent=2))
 
 
+@settings_options(ReleaseSettings, ["student_model"], flags=MODEL)
 def rollback_cmd(
+    settings: ReleaseSettings,
     reason: Annotated[str, typer.Option(help="Why, for the record.")] = "operator rollback",
-    model: ModelOpt = None,
 ) -> None:
     """Take the current deployment back: the previous one (or the teacher) serves again.
 
     Writes ModelDeployed(action=rollback) on training-results; every backend's router follows
     within a poll interval. Run again to go back one more step.
     """
-    from tier3.streams.backend.deployments import DeploymentLog
+    from tier3.streams.backend.router import DeploymentLog
     from tier3.streams.kafka.settings import KafkaSettings
 
     try:
-        record = DeploymentLog(KafkaSettings(), _model(model)).rollback(reason)
+        record = DeploymentLog(KafkaSettings(), settings.student_model).rollback(reason)
     except LookupError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(1) from None
@@ -246,11 +194,12 @@ def rollback_cmd(
     console.print(f"rolled back; now serving {serving}")
 
 
+@settings_options(ReleaseSettings, ["ollama_name", *EVALUATION], flags={"schema_file": "--schema"})
 def run_release(
+    settings: ReleaseSettings,
     deploy_models: Annotated[
         bool, typer.Option("--deploy/--no-deploy", help="Deploy runs that pass the gate.")
     ] = True,
-    ollama_name: NameOpt = "cc-widget-selector-v2",
     ollama_host: HostOpt = None,
     group: Annotated[str, typer.Option(help="Consumer group id.")] = "tier3-release",
     max_runs: Annotated[int | None, typer.Option(help="Exit after this many runs.")] = None,
@@ -262,21 +211,21 @@ def run_release(
     already has an EvalReport is skipped on redelivery or replay).
     """
     from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
-    from tier3.trainers.release.consumer import Release, ReleaseConsumer, ReleaseOptions
+    from tier3.trainers.release.consumer import Release, ReleaseConsumer
 
     serve_metrics(metrics_port)
-    options = ReleaseOptions(ollama_name=ollama_name)
-    if deploy_models:
-        options.ollama_client = _ollama(ollama_host)
-    stage = ReleaseConsumer(Release(KafkaSettings(), LocalSettings(), options), group=group)
+    client = _ollama(ollama_host) if deploy_models else None
+    release = Release(KafkaSettings(), LocalSettings(), settings, ollama_client=client)
+    stage = ReleaseConsumer(release, group=group)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     console.print(f"release stage: evaluated {stage.run(stop, max_runs)} run(s)")
 
 
+@settings_options(ReleaseSettings, ["student_model"], flags=MODEL)
 def run_ab_guard(
-    model: ModelOpt = None,
+    settings: ReleaseSettings,
     interval: Annotated[float, typer.Option(help="Seconds between comparisons.")] = 60.0,
     min_ratings: Annotated[int, typer.Option(help="Ratings per arm before testing.")] = 30,
     alpha: Annotated[float, typer.Option(help="Significance level.")] = 0.05,
@@ -295,7 +244,7 @@ def run_ab_guard(
     checks = Gauge("tier3_ab_guard_last_check_seconds", "When the A/B ratings were last compared")
     rollbacks = Counter("tier3_ab_guard_rollbacks", "Rollbacks the A/B guard made")
     serve_metrics(metrics_port)
-    kafka, model = KafkaSettings(), _model(model)
+    kafka, model = KafkaSettings(), settings.student_model
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -24,7 +24,7 @@ import json
 import tempfile
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,26 +47,16 @@ from tier3.trainers.release.evaluate import (
     evaluate,
     generate_with_transformers,
     held_out_from_traces,
+    replies_from,
 )
-from tier3.trainers.release.gate import GateDecision, GateThresholds, decide
+from tier3.trainers.release.gate import GateDecision, decide
 from tier3.trainers.release.gguf_export import GGUF_NAME, export_gguf, merge_adapter
-from tier3.trainers.release.ollama_deploy import DEFAULT_NAME, deploy
+from tier3.trainers.release.ollama_deploy import deploy
 from tier3.trainers.release.report import write_report
+from tier3.trainers.release.settings import ReleaseSettings
 from tier3.trainers.training.traces_source import read_traces
 
 log = structlog.get_logger("tier3.release")
-
-
-@dataclass
-class ReleaseOptions:
-    thresholds: GateThresholds = field(default_factory=GateThresholds)
-    tolerance: float = 0.1
-    schema_file: str | None = None
-    max_examples: int | None = None
-    max_new_tokens: int = 256
-    batch_size: int = 8
-    ollama_client: Any = None  # None: evaluate and gate, deploy nothing
-    ollama_name: str = DEFAULT_NAME
 
 
 @dataclass
@@ -105,13 +95,16 @@ class Release:
         self,
         settings: KafkaSettings,
         local: LocalSettings,
-        options: ReleaseOptions | None = None,
+        options: ReleaseSettings | None = None,
         producer: EventProducer | None = None,
+        ollama_client: Any = None,
     ) -> None:
+        """``ollama_client`` None: evaluate and gate, deploy nothing."""
         self.settings = settings
         self.local = local
-        self.options = options or ReleaseOptions()
+        self.options = options or ReleaseSettings()
         self.producer = producer or EventProducer(settings)
+        self.ollama_client = ollama_client
 
     def handle(self, completed: Record) -> Released:
         o = self.options
@@ -147,12 +140,12 @@ class Release:
             self.producer.send_and_wait(TRAINING_RESULTS, EVAL_REPORT, model, eval_record)
             log.info("evaluated", request_id=request_id, passed=decision.passed, report=report_uri)
             deployed = None
-            if decision.passed and o.ollama_client is not None:
+            if decision.passed and self.ollama_client is not None:
                 gguf = export_gguf(checkpoint, work / "gguf" / GGUF_NAME, name=model)
                 gguf_uri = artifacts.upload_dir(work / "gguf", "gguf") + f"/{GGUF_NAME}"
                 deployed = deploy(
                     self.settings,
-                    o.ollama_client,
+                    self.ollama_client,
                     gguf_path=gguf.path,
                     decision=decision,
                     request_id=request_id,
@@ -164,6 +157,41 @@ class Release:
                     producer=self.producer,
                 )
         return Released(metrics, decision, eval_record, deployed)
+
+
+def evaluate_served(
+    settings: KafkaSettings,
+    local: LocalSettings,
+    completed: Record,
+    name: str,
+    client: Any,
+    options: ReleaseSettings,
+    out: Path | None = None,
+) -> Released:
+    """Evaluate model ``name`` as Ollama serves it on ``completed``'s held-out split; emit
+    EvalReport. Gated with the A/B ratings too: unlike a candidate's, they are about this model.
+    """
+    from tier3.streams.backend.router import ollama_student
+
+    manifest = read_json(completed["manifest_uri"])
+    examples = held_out_from_traces(manifest, read_traces(settings).traces)
+    examples = examples[: options.max_examples] if options.max_examples else examples
+    ask = ollama_student(client)
+    replies = replies_from(lambda q, c: ask(name, q, c), examples)
+    validator = AnswerValidator(options.schema_file)
+    metrics = evaluate(examples, replies, tolerance=options.tolerance, validator=validator)
+    ratings = compare(read_ratings(settings))
+    decision = decide(metrics, options.thresholds, ratings)
+    folder = out or Path(tempfile.mkdtemp(prefix="tier3-eval-"))
+    title = f"{name} (served): evaluation"
+    write_report(metrics, folder, title=title, decision=decision, ratings=ratings)
+    run = RunArtifacts(local.object_root, completed["model"], completed["request_id"])
+    report_uri = run.upload_dir(folder, f"eval-served-{name}") + "/report.md"
+    record = eval_report_record(
+        metrics, decision, ratings, completed["request_id"], completed["model"], report_uri
+    )
+    EventProducer(settings).send_and_wait(TRAINING_RESULTS, EVAL_REPORT, completed["model"], record)
+    return Released(metrics, decision, record, None)
 
 
 def eval_report_record(
