@@ -182,7 +182,7 @@ def rollback_cmd(
     Writes ModelDeployed(action=rollback) on training-results; every backend's router follows
     within a poll interval. Run again to go back one more step.
     """
-    from tier3.streams.backend.router import DeploymentLog
+    from tier3.streams.backend.deployments import DeploymentLog
     from tier3.streams.kafka.settings import KafkaSettings
 
     try:

@@ -171,13 +171,13 @@ def evaluate_served(
     """Evaluate model ``name`` as Ollama serves it on ``completed``'s held-out split; emit
     EvalReport. Gated with the A/B ratings too: unlike a candidate's, they are about this model.
     """
-    from tier3.streams.backend.router import ollama_student
+    from tier3.streams.backend.router import ollama_chat
 
     manifest = read_json(completed["manifest_uri"])
     examples = held_out_from_traces(manifest, read_traces(settings).traces)
     examples = examples[: options.max_examples] if options.max_examples else examples
-    ask = ollama_student(client)
-    replies = replies_from(lambda q, c: ask(name, q, c), examples)
+    chat = ollama_chat(client)  # asked with each trace's recorded messages, never re-rendered
+    replies = replies_from(lambda messages: chat(name, messages), examples)
     validator = AnswerValidator(options.schema_file)
     metrics = evaluate(examples, replies, tolerance=options.tolerance, validator=validator)
     ratings = compare(read_ratings(settings))
