@@ -124,6 +124,47 @@ def test_capture_jobs_are_exactly_what_the_policy_says(
         wait_for(lambda: table_size(worker, "waiting") == 0, 10, "an empty waiting table")
         assert table_size(worker, "captured") == len(expected)
         assert worker.metric("tier3_processor_consumer_lag{") == 0
+        # The default policy never reads the feedback, so the queries it does not choose are
+        # let go at their experience: none of them is ever written to the waiting table.
+        written = waiting_changelog(kafka)
+        experiences_written = {key for key, kind in written if kind == b"E"}
+        assert experiences_written and experiences_written <= set(expected)
+        # Its experience let go, a feedback of an unchosen query is dropped unwritten too; only
+        # one read before its experience waits in the table (Kafka orders no two topics).
+        assert worker.metric("tier3_processor_events_total{outcome=let_go") >= 300 - len(expected)
+    finally:
+        worker.stop()
+
+
+def waiting_changelog(settings: KafkaSettings) -> list[tuple[str, bytes]]:
+    """(query_id, kind) of every value written to the sampler's waiting table (E or F)."""
+    return [
+        (r.key, r.value[:1])
+        for r in read_all(settings, "sampler-waiting-changelog")
+        if r.value is not None
+    ]
+
+
+def test_low_rating_rule_reads_the_feedback_when_switched_on(
+    kafka: KafkaSettings, tmp_path: Path
+) -> None:
+    events = list(simulate(300, seed=12))
+    policy = Policy(low_rating=2)
+    expected = expected_jobs(events, policy)
+    low_rated = {q for q, reason in expected.items() if reason == "low_rating"}
+    assert len(low_rated) >= 5, "the seed gives low-rated queries that only feedback can choose"
+    worker = Worker(kafka, "sampler", tmp_path, "--timeout", TIMEOUT, TIER3_LOW_RATING="2")
+    try:
+        publish(kafka, events)
+        wait_for(lambda: worker.metric("tier3_sampler_decisions_total") == 300, 90,
+                 "a decision for each of the 300 queries")
+        all_jobs_out(kafka, expected)
+        found = assert_exactly(kafka, expected)
+        ratings = {e.key: e.record["rating"] for e in events if e.event == FEEDBACK}
+        assert all(j["rating"] == ratings[j["query_id"]] for j in found
+                   if j["query_id"] in low_rated)
+        # With a rule that needs feedback, every query waits for it: none is let go at sight.
+        assert worker.metric("tier3_processor_events_total{outcome=let_go") == 0
     finally:
         worker.stop()
 

@@ -1,11 +1,23 @@
 """The sampler: joins each query's experience with its feedback and emits the chosen capture jobs.
 
 Experiences and feedback arrive in either order on two co-partitioned topics keyed by query_id,
-so both events of a query reach the same worker, in one stream, read by one agent. The agent
-keeps what it has seen of undecided queries in the ``waiting`` table: an experience waits there
-until its feedback arrives or ``timeout`` passes (feedback that comes first waits for its
-experience the same way). Then ``sampling.decide`` chooses, and a chosen query becomes one
-CaptureJob on ``capture-jobs``, keyed by query_id, in the partition its experience came from.
+so both events of a query reach the same worker, in one stream, read by one agent, in batches
+(``faust_app.each_batch``). The agent keeps what it has seen of undecided queries in the
+``waiting`` table: an experience waits there until its feedback arrives or ``timeout`` passes
+(feedback that comes first waits for its experience the same way). Then ``sampling.decide``
+chooses, and a chosen query becomes one CaptureJob on ``capture-jobs``, keyed by query_id, in
+the partition its experience came from.
+
+**Decided at the experience when the policy allows.** When no rule in force reads the feedback
+(``Policy.needs_feedback`` is False: the default policy), ``decide(experience, None)`` is final
+the moment the experience arrives. A query it does not choose (about 75%) is let go then, with
+no table write; its feedback, when it comes, finds the query in ``let_go`` (memory only, for
+``timeout``) and is dropped, again with no write. Only chosen queries enter ``waiting``, and
+only so that their feedback's rating can travel with the job. A feedback that comes before its
+experience still waits in the table (the experience decides what becomes of it), and one that
+comes after a restart emptied ``let_go`` waits and expires: a write, never a wrong decision,
+since the decision depends on the experience alone. With ``low_rating`` on, every query waits
+for its feedback as before.
 
 Every table value starts with a 12-byte head, the entry's deadline (ms since the epoch) and its
 partition, so a timer can expire entries without an event in hand, and a worker that has just
@@ -33,7 +45,8 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections import deque
+from collections import Counter as Tally
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -74,6 +87,12 @@ SAMPLING_RATE = Gauge(
 
 
 SWEEP_EVERY_S = 1.0  # how often expired table entries are swept
+# Queries let go at their experience, remembered (in memory) for the sampling timeout so that
+# their feedback needs no table write; beyond this many the oldest are forgotten, and a late
+# feedback of one of those merely waits in the table and expires.
+LET_GO_REMEMBERED = 200_000
+BATCH_SIZE = 2000  # events per batch taken from the stream
+BATCH_WITHIN_S = 0.05  # or what came within this long
 
 
 def _head(deadline_ms: int, partition: int) -> bytes:
@@ -111,16 +130,36 @@ class Sampler:
         self._due: dict[str, deque[tuple[int, bytes]]] = {"waiting": deque(), "captured": deque()}
         self._owned: set[int] | None = None
         self._decided = {"captured": 0, "skipped": 0}
+        # Decide at the experience when no rule in force needs the feedback (see the docstring).
+        self.at_sight = not self.policy.needs_feedback
+        self.let_go: OrderedDict[bytes, int] = OrderedDict()  # key → when to forget it (ms)
         self.settings = settings
         self.captured.on_recover(self._on_recovered)
-        faust_app.each_message(app, self.source, "join", self.handle)
+        faust_app.each_batch(
+            app, self.source, "join", self.handle_batch, BATCH_SIZE, BATCH_WITHIN_S
+        )
         faust_app.every(app, SWEEP_EVERY_S, self.sweep)
         faust_app.every(app, 2.0, self.report)
 
     # -- the stream ------------------------------------------------------------------------------
 
-    def handle(self, message: Any) -> None:
-        """Take one experience or feedback message (raw bytes) a step further."""
+    def handle_batch(self, messages: list[Any]) -> None:
+        """Take a batch of experience and feedback messages (raw bytes) a step further."""
+        outcomes: Tally[tuple[str, str]] = Tally()
+        # Experiences first (each topic keeps its order): a feedback whose experience is in the
+        # same batch then finds its query decided, instead of waiting in the table for it.
+        experiences = [m for m in messages if m.topic == self.experiences]
+        if len(experiences) not in (0, len(messages)):
+            messages = experiences + [m for m in messages if m.topic != self.experiences]
+        for message in messages:
+            outcome = self.handle(message)
+            if outcome is not None:
+                outcomes[(message.topic, outcome)] += 1
+        for (topic, outcome), count in outcomes.items():
+            EVENTS_IN.labels(ROLE, topic, outcome).inc(count)
+
+    def handle(self, message: Any) -> str | None:
+        """Take one message a step further; what became of it (None: a dead letter, counted)."""
         self.book.read[message.tp] = message.offset
         is_experience = message.topic == self.experiences
         expect = EXPERIENCE if is_experience else FEEDBACK
@@ -128,22 +167,29 @@ class Sampler:
             record = self.codec.decode(message.value, expect=expect).record
         except DecodeError as exc:
             self.dead_letters.send(message, str(exc), type(exc).__name__)
-            return
+            return None
         key = record["query_id"].encode()
         if message.key != key:
             # Keyed otherwise, its other half may sit in another partition: it can never meet it.
             reason = f"key {message.key!r} is not the event's query_id {record['query_id']!r}"
             self.dead_letters.send(message, reason, "KeyMismatch")
-            return
-        outcome = self._take(message.partition, key, record, message.value, is_experience)
-        EVENTS_IN.labels(ROLE, message.topic, outcome).inc()
+            return None
+        return self._take(message.partition, key, record, message.value, is_experience)
 
     def _take(
         self, partition: int, key: bytes, record: dict[str, Any], raw: bytes, is_experience: bool
     ) -> str:
         if key in self.in_flight or key in self.captured.data:
             return "already_decided"
+        if key in self.let_go:
+            return "let_go"
         held = self.waiting.data.get(key)
+        if self.at_sight:
+            if is_experience and decide(record, None, self.policy) is None:
+                self._let_go_now(partition, key, held)
+                return "let_go"
+            if not is_experience and not self.policy.enabled:
+                return "let_go"  # capture is off: nothing can be chosen, nothing need wait
         if held is None:
             deadline = int((self.clock() + self.config.sampling_timeout_s) * 1000)
             kind = _KIND_EXPERIENCE if is_experience else _KIND_FEEDBACK
@@ -198,6 +244,16 @@ class Sampler:
         self._due["captured"].append((expires, key))
         faust_app.drop(self.waiting, partition, key)
 
+    def _let_go_now(self, partition: int, key: bytes, held: bytes | None) -> None:
+        """Let an unchosen query go at its experience: remember it in memory, write nothing
+        (but remove the feedback that came first, if it waits in the table)."""
+        if held is not None:
+            faust_app.drop(self.waiting, partition, key)
+        self.let_go[key] = int((self.clock() + self.config.sampling_timeout_s) * 1000)
+        if len(self.let_go) > LET_GO_REMEMBERED:
+            self.let_go.popitem(last=False)
+        self._count_decision("skipped")
+
     def _count_decision(self, outcome: str) -> None:
         self._decided[outcome] += 1
         DECISIONS.labels(outcome).inc()
@@ -217,6 +273,8 @@ class Sampler:
         now_ms = int(self.clock() * 1000)
         self._expire(self.waiting, self._due["waiting"], now_ms, self._timed_out)
         self._expire(self.captured, self._due["captured"], now_ms, None)
+        while self.let_go and next(iter(self.let_go.values())) <= now_ms:
+            self.let_go.popitem(last=False)
 
     def _expire(
         self,
@@ -327,6 +385,7 @@ class Sampler:
         TABLE_ENTRIES.labels(ROLE, "waiting").set(len(self.waiting.data))
         TABLE_ENTRIES.labels(ROLE, "captured").set(len(self.captured.data))
         TABLE_ENTRIES.labels(ROLE, "in_flight").set(len(self.in_flight))
+        TABLE_ENTRIES.labels(ROLE, "let_go").set(len(self.let_go))
         # After a restart's recovery, faust-streaming 0.15 has been seen to hold jobs handed to
         # send_soon() forever: nothing acknowledged, nothing decided after. A job is a small
         # record that the broker acknowledges in milliseconds, so half a minute means stuck.

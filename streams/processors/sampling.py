@@ -11,7 +11,8 @@ replay, a test) that sees the same events makes the same decision:
   seed's "high-confidence queries": the teacher is likely right, so they make good examples).
 * **low_rating** (off by default): answers the user rated ``low_rating`` or worse, to learn where
   the served model goes wrong. This rule alone needs the feedback; the two seed rules do not, so
-  with the default policy the decision never depends on whether feedback came before the timeout.
+  with the default policy the decision never depends on whether feedback came before the timeout
+  (``Policy.needs_feedback`` says which case holds; the sampler decides at the experience then).
 
 A query that several rules choose is captured once, with the first reason in the order above.
 ``enabled=False`` (``ENABLE_TIER3_CAPTURE=false``) chooses nothing.
@@ -48,6 +49,15 @@ class Policy:
             raise ValueError(f"random_rate must lie in [0, 1], not {self.random_rate}")
         if self.high_confidence is not None and not 0.0 <= self.high_confidence <= 1.0:
             raise ValueError(f"high_confidence must lie in [0, 1], not {self.high_confidence}")
+
+    @property
+    def needs_feedback(self) -> bool:
+        """True when some rule in force reads the feedback (``low_rating``).
+
+        When False, ``decide(experience, None)`` is already the final answer for every query:
+        the sampler decides at the experience and lets the unchosen go without a table write.
+        """
+        return self.enabled and self.low_rating is not None
 
 
 class PolicySettings(BaseSettings):
