@@ -94,7 +94,7 @@ def test_the_cli_connects_with_credentials_from_the_environment(sasl: SaslBroker
     assert status.returncode == 0 and "up at" in status.stdout
     env["TIER3_SASL_PASSWORD"] = "wrong"
     refused = subprocess.run([tier3, "status"], env=env, capture_output=True, text=True, timeout=60)
-    assert refused.returncode == 3 and "not reachable" in refused.stdout
+    assert refused.returncode == 5 and "authentication failed" in refused.stdout
 
 
 def test_broker_start_sasl_from_the_command_line(tmp_path: Path) -> None:

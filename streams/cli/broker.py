@@ -5,13 +5,14 @@ Parse, call ``tier3.streams.local.kafka_broker``, print the bootstrap address on
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from tier3.streams.cli.output import console, fail, operator_errors, out
+from tier3.streams.cli.output import console, fail, out
 from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
-from tier3.streams.local.kafka_broker import BrokerError, LocalBroker
+from tier3.streams.local.kafka_broker import LocalBroker
 
 broker_app = typer.Typer(
     help="Run a local single-node Kafka broker (KRaft) for development and tests.",
@@ -37,14 +38,11 @@ def local_broker(home: Path | None, port: int) -> LocalBroker:
 def broker_start(home: HomeOpt = None, port: PortOpt = 9092) -> None:
     """Start the local broker (idempotent); wait until it answers; print its bootstrap address."""
     broker = local_broker(home, port)
-    try:
-        if broker.is_running():
-            console.print(f"broker already running (pid {broker.pid()})")
-        else:
-            console.print(f"starting Kafka in {broker.root} ...")
-        bootstrap = broker.start()
-    except BrokerError as exc:
-        raise fail(str(exc)) from exc
+    if broker.is_running():
+        console.print(f"broker already running (pid {broker.pid()})")
+    else:
+        console.print(f"starting Kafka in {broker.root} ...")
+    bootstrap = broker.start()
     out.print(bootstrap)
 
 
@@ -84,17 +82,14 @@ def broker_start_sasl(
     port: Annotated[
         int, typer.Option(help="Client (SASL) port on 127.0.0.1.", envvar="TIER3_BROKER_PORT")
     ] = 9092,
-    admin_password: Annotated[
-        str | None,
-        typer.Option(
-            envvar="TIER3_BROKER_ADMIN_PASSWORD",
-            show_default=False,
-            help="The broker's own super user's password (env only: never type it).",
-        ),
-    ] = None,
     admin_password_file: Annotated[
         Path | None,
-        typer.Option(envvar="TIER3_BROKER_ADMIN_PASSWORD_FILE", help="File holding it."),
+        typer.Option(
+            envvar="TIER3_BROKER_ADMIN_PASSWORD_FILE",
+            help="File holding the broker's own super user's password; or set "
+            "TIER3_BROKER_ADMIN_PASSWORD. There is no flag for the password itself: a command "
+            "line is visible to every local user.",
+        ),
     ] = None,
 ) -> None:
     """Start the local broker with SASL/SCRAM-SHA-512 on its client listener.
@@ -106,6 +101,8 @@ def broker_start_sasl(
     """
     from tier3.streams.local.sasl_broker import ScramUser, sasl_server_config
 
+    # Read here, not by a flag: a secret must never be on a command line.
+    admin_password = os.environ.get("TIER3_BROKER_ADMIN_PASSWORD")
     admin = _secret(admin_password, admin_password_file, "broker admin password")
     client = KafkaSettings()
     password = client.password()
@@ -113,15 +110,14 @@ def broker_start_sasl(
         raise fail(
             "set TIER3_SASL_USERNAME and TIER3_SASL_PASSWORD (or _FILE) for the application user"
         )
-    with operator_errors(BrokerError):
-        user = ScramUser(client.sasl_username, password.get_secret_value())
-        broker = LocalBroker(
-            home=home or LocalSettings().home,
-            port=port,
-            extra_config=sasl_server_config(port, port + 1, admin, [user]),
-        )
-        console.print(f"starting Kafka with SASL/SCRAM in {broker.root} ...")
-        bootstrap = broker.start()
+    user = ScramUser(client.sasl_username, password.get_secret_value())
+    broker = LocalBroker(
+        home=home or LocalSettings().home,
+        port=port,
+        extra_config=sasl_server_config(port, port + 1, admin, [user]),
+    )
+    console.print(f"starting Kafka with SASL/SCRAM in {broker.root} ...")
+    bootstrap = broker.start()
     out.print(bootstrap)
     console.print(
         f"clients: TIER3_BOOTSTRAP_SERVERS={bootstrap} "

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from tier3.streams.cli.output import JsonOpt, fail, operator_errors, out, print_json
+from tier3.streams.cli.output import JsonOpt, fail, out, print_json
 from tier3.streams.cli.times import parse_duration, parse_time
 from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
 
@@ -28,12 +28,6 @@ def _groups() -> Any:
     return ConsumerGroups(KafkaSettings())
 
 
-def _group_errors() -> Any:
-    from tier3.streams.ops.consumer_groups import GroupError
-
-    return operator_errors(GroupError)
-
-
 @groups_app.command("list")
 def groups_list(
     include_all: Annotated[
@@ -42,8 +36,7 @@ def groups_list(
     as_json: JsonOpt = False,
 ) -> None:
     """List the consumer groups that read this deployment's topics, with state and total lag."""
-    with _group_errors():
-        summaries = _groups().list(include_all=include_all)
+    summaries = _groups().list(include_all=include_all)
     if as_json:
         print_json([s.__dict__ for s in summaries])
         return
@@ -76,8 +69,7 @@ def groups_describe(
     as_json: JsonOpt = False,
 ) -> None:
     """One group in full: state, members and their partitions, committed offsets and lag."""
-    with _group_errors():
-        d = _groups().describe(group)
+    d = _groups().describe(group)
     if as_json:
         print_json(d.to_dict())
         return
@@ -94,10 +86,9 @@ def groups_lag(
     as_json: JsonOpt = False,
 ) -> None:
     """Lag per partition: log end offset minus committed offset (like kafka-consumer-groups)."""
-    with _group_errors():
-        groups = _groups()
-        names = [group] if group else [s.group for s in groups.list()]
-        descriptions = [groups.describe(name) for name in names]
+    groups = _groups()
+    names = [group] if group else [s.group for s in groups.list()]
+    descriptions = [groups.describe(name) for name in names]
     if as_json:
         data = [d.to_dict() for d in descriptions]
         print_json(data[0] if group else data)
@@ -112,8 +103,7 @@ def groups_export(
     output: Annotated[Path, typer.Option("--output", "-o", help="JSON file to write.")],
 ) -> None:
     """Write a group's committed offsets to a JSON file (restore with reset --from-file)."""
-    with _group_errors():
-        path = _groups().export(group, output)
+    path = _groups().export(group, output)
     out.print(str(path))
 
 
@@ -171,37 +161,36 @@ def groups_reset(
     The old offsets are saved to a JSON file before anything changes; `tier3 groups reset GROUP
     --from-file FILE --execute` puts them back.
     """
-    with _group_errors():
-        groups = _groups()
-        if from_file is not None:
-            if any(
-                (
-                    to_earliest,
-                    to_latest,
-                    to_datetime,
-                    by_duration,
-                    shift_by is not None,
-                    to_offset is not None,
-                )
-            ):
-                raise fail("--from-file cannot be combined with another strategy")
-            plan = groups.plan_from_file(group, from_file)
-        else:
-            if by_duration and to_datetime:
-                raise fail("choose one of --to-datetime and --by-duration")
-            if by_duration:
-                to_datetime = (datetime.now(UTC) - parse_duration(by_duration)).isoformat()
-            plan = groups.plan_reset(
-                group,
-                topics=topic,
-                to_earliest=to_earliest,
-                to_latest=to_latest,
-                to_datetime=parse_time(to_datetime) if to_datetime else None,
-                shift_by=shift_by,
-                to_offset=to_offset,
+    groups = _groups()
+    if from_file is not None:
+        if any(
+            (
+                to_earliest,
+                to_latest,
+                to_datetime,
+                by_duration,
+                shift_by is not None,
+                to_offset is not None,
             )
-        if execute:
-            groups.execute(plan, backup_dir or LocalSettings().home / "offset-backups")
+        ):
+            raise fail("--from-file cannot be combined with another strategy")
+        plan = groups.plan_from_file(group, from_file)
+    else:
+        if by_duration and to_datetime:
+            raise fail("choose one of --to-datetime and --by-duration")
+        if by_duration:
+            to_datetime = (datetime.now(UTC) - parse_duration(by_duration)).isoformat()
+        plan = groups.plan_reset(
+            group,
+            topics=topic,
+            to_earliest=to_earliest,
+            to_latest=to_latest,
+            to_datetime=parse_time(to_datetime) if to_datetime else None,
+            shift_by=shift_by,
+            to_offset=to_offset,
+        )
+    if execute:
+        groups.execute(plan, backup_dir or LocalSettings().home / "offset-backups")
     if as_json:
         print_json(plan.to_dict())
         return
@@ -234,16 +223,15 @@ def groups_delete(
 ) -> None:
     """Delete an inactive group and its offsets (saved first; reset --from-file restores them).
     Refused while the group has members."""
-    with _group_errors():
-        groups = _groups()
-        committed = groups.committed(group)
-        if not execute:
-            out.print(
-                f"group {group} has {len(committed)} committed offset(s); "
-                "dry run: nothing deleted; add --execute to delete it"
-            )
-            return
-        backup = groups.delete(group, backup_dir or LocalSettings().home / "offset-backups")
+    groups = _groups()
+    committed = groups.committed(group)
+    if not execute:
+        out.print(
+            f"group {group} has {len(committed)} committed offset(s); "
+            "dry run: nothing deleted; add --execute to delete it"
+        )
+        return
+    backup = groups.delete(group, backup_dir or LocalSettings().home / "offset-backups")
     out.print(f"group {group} deleted; its offsets were saved to {backup}")
     out.print(f"undo: tier3 groups reset {group} --from-file {backup} --execute")
 

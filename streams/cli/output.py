@@ -8,12 +8,10 @@ script that reads stdout gets only the result.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
+import sys
 from typing import Annotated, Any
 
 import typer
-from confluent_kafka import KafkaException
 from rich.console import Console
 
 console = Console(stderr=True)
@@ -24,21 +22,17 @@ JsonOpt = Annotated[
 ]
 
 
+def say_error(message: str) -> None:
+    """``error: message`` as one line on stderr, however long (rich would wrap it)."""
+    print(f"error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Say ``message`` as one line on stderr; the ``typer.Exit`` to raise for exit ``code``."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False)
+    say_error(message)
     return typer.Exit(code)
 
 
 def print_json(data: Any) -> None:
     """``data`` as indented JSON on stdout (plain print: rich would wrap long lines)."""
     print(json.dumps(data, indent=2, default=str))
-
-
-@contextmanager
-def operator_errors(*expected: type[Exception]) -> Iterator[None]:
-    """Turn the errors an operator can act on into one line and exit code 1."""
-    try:
-        yield
-    except (KafkaException, ValueError, *expected) as exc:
-        raise fail(str(exc)) from exc

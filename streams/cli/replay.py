@@ -10,12 +10,14 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from tier3.streams.cli.output import JsonOpt, console, operator_errors, out, print_json
+from tier3.streams.cli.output import JsonOpt, console, out, print_json
+from tier3.streams.cli.settings_options import settings_options
 from tier3.streams.cli.times import parse_time
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import CAPTURE_JOBS as CAPTURE_JOBS_TOPIC
 from tier3.streams.kafka.topics import DLQ_SUFFIX
 from tier3.streams.kafka.topics import EXPERIENCES as EXPERIENCES_TOPIC
+from tier3.streams.processors.sampling import PolicySettings
 
 replay_app = typer.Typer(
     help="Replay a window of history through the pipeline (dry run unless --execute).",
@@ -80,23 +82,21 @@ def _run_replay(
     run: Any,
 ) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
-    from tier3.streams.kafka.offsets import RangeReadError
-    from tier3.streams.ops.replay import Replayer, ReplayError, resolve
+    from tier3.streams.ops.replay import Replayer, resolve
 
-    with operator_errors(ReplayError, RangeReadError, LookupError):
-        replayer = Replayer(
-            KafkaSettings(),
-            target_prefix=target_prefix,
-            rate=rate,
-            respect_deletions=not include_deleted,
-        )
-        total = sum(
-            r.size for r in resolve(replayer.admin, replayer.settings.topic(action), window)
-        )
-        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
-        with Progress(*columns, console=console, transient=True, disable=as_json) as progress:
-            task = progress.add_task("reading window", total=total)
-            report = run(replayer, lambda n: progress.advance(task, n))
+    replayer = Replayer(
+        KafkaSettings(),
+        target_prefix=target_prefix,
+        rate=rate,
+        respect_deletions=not include_deleted,
+    )
+    total = sum(
+        r.size for r in resolve(replayer.admin, replayer.settings.topic(action), window)
+    )
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
+    with Progress(*columns, console=console, transient=True, disable=as_json) as progress:
+        task = progress.add_task("reading window", total=total)
+        report = run(replayer, lambda n: progress.advance(task, n))
     if as_json:
         print_json(report.to_dict())
         return
@@ -118,27 +118,14 @@ def _run_replay(
 
 
 @replay_app.command("resample")
+@settings_options(PolicySettings, ["sample_rate", "high_confidence", "low_rating"], param="rules")
 def replay_resample(
+    rules: PolicySettings,
     since: SinceOpt = None,
     until: UntilOpt = None,
     from_offset: FromOffsetOpt = None,
     to_offset: ToOffsetOpt = None,
     partition: PartitionOpt = None,
-    sample_rate: Annotated[
-        float | None, typer.Option(help="New random share (default: $TIER3_SAMPLE_RATE).")
-    ] = None,
-    high_confidence: Annotated[
-        float | None,
-        typer.Option(
-            help="New confidence threshold, negative for off (default: $TIER3_HIGH_CONFIDENCE)."
-        ),
-    ] = None,
-    low_rating: Annotated[
-        int | None,
-        typer.Option(
-            help="Also capture answers rated at most this, 0 for off (default: $TIER3_LOW_RATING)."
-        ),
-    ] = None,
     feedback_grace: Annotated[
         float, typer.Option(help="Seconds after the window in which feedback still counts.")
     ] = 600.0,
@@ -157,20 +144,11 @@ def replay_resample(
 ) -> None:
     """Decide a window of experiences again with a new capture policy; send the chosen jobs.
 
-    Sampling is a hash of the query_id, so the same policy makes the same choices; jobs are keyed
-    by query_id, so replaying a window twice does not add a query twice.
+    The policy's rules are the sampler's settings (TIER3_SAMPLE_RATE, ...) with the options on
+    top. Sampling is a hash of the query_id, so the same policy makes the same choices; jobs are
+    keyed by query_id, so replaying a window twice does not add a query twice.
     """
-    from dataclasses import replace
-
-    from tier3.streams.processors.sampling import PolicySettings
-
-    policy = PolicySettings().policy()
-    if sample_rate is not None:
-        policy = replace(policy, random_rate=sample_rate)
-    if high_confidence is not None:
-        policy = replace(policy, high_confidence=high_confidence if high_confidence >= 0 else None)
-    if low_rating is not None:
-        policy = replace(policy, low_rating=low_rating or None)
+    policy = rules.policy()
     window = _window(since, until, from_offset, to_offset, partition)
     _run_replay(
         EXPERIENCES_TOPIC,

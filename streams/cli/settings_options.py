@@ -23,12 +23,13 @@ import typer
 from pydantic import AliasChoices, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings
+from tier3.streams.kafka.errors import UsageError
 
 S = TypeVar("S", bound=BaseSettings)
 R = TypeVar("R")
 
 
-class SettingsError(ValueError):
+class SettingsError(UsageError):
     """A setting (from a flag or the environment) the settings class refused; says which."""
 
 

@@ -8,6 +8,7 @@ from typing import Any
 import typer
 from rich.table import Table
 from tier3.streams.cli.output import JsonOpt, out, print_json
+from tier3.streams.kafka.errors import AUTHENTICATION
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import DLQ_SUFFIX
 
@@ -22,7 +23,8 @@ def _status(
     as_json: JsonOpt = False,
 ) -> None:
     """One screen: broker, topics and sizes, groups and lag, traces since the last training,
-    and the last training, evaluation and deployment. Exit code 3 when the broker is down."""
+    and the last training, evaluation and deployment. Exit code 3 when the broker is down, 5 when
+    it refuses the credentials."""
     from tier3.streams.ops.status import collect
 
     s = collect(KafkaSettings())
@@ -31,12 +33,13 @@ def _status(
     else:
         _render_status(s)
     if not s.broker_up:
-        raise typer.Exit(3)
+        raise typer.Exit(s.exit_code)
 
 
 def _render_status(s: Any) -> None:
     if not s.broker_up:
-        out.print(f"broker  [red]not reachable[/] at {s.bootstrap}")
+        what = "authentication failed" if s.exit_code == AUTHENTICATION else "not reachable"
+        out.print(f"broker  [red]{what}[/] at {s.bootstrap}")
         for error in s.errors:
             out.print(f"  {error}", highlight=False)
         return

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from tier3.streams.cli.output import JsonOpt, fail, operator_errors, out, print_json
+from tier3.streams.cli.output import JsonOpt, fail, out, print_json
 from tier3.streams.kafka.settings import KafkaSettings
 
 traces_app = typer.Typer(help="Operate on captured traces.", no_args_is_help=True)
@@ -24,8 +24,7 @@ def traces_delete(
 ) -> None:
     """Delete queries' traces everywhere: the object in storage, then a tombstone on the
     compacted traces topic, so the next dataset leaves them out. Safe to run again."""
-    from tier3.streams.kafka.offsets import RangeReadError
-    from tier3.streams.ops.trace_deletion import DeletionError, delete_traces
+    from tier3.streams.ops.trace_deletion import delete_traces
 
     ids = list(query_id or [])
     if from_file is not None:
@@ -35,8 +34,7 @@ def traces_delete(
             raise fail(f"cannot read {from_file}: {exc}") from exc
     if not ids:
         raise fail("name the queries to delete with --query-id or --from-file")
-    with operator_errors(DeletionError, RangeReadError, LookupError):
-        deletions = delete_traces(KafkaSettings(), ids)
+    deletions = delete_traces(KafkaSettings(), ids)
     if as_json:
         print_json([d.to_dict() for d in deletions])
         return

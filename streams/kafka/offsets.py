@@ -18,6 +18,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
+from tier3.streams.kafka.errors import OperatorError, TopicMissing
 from tier3.streams.kafka.settings import KafkaSettings
 
 Partition = tuple[str, int]
@@ -25,7 +26,7 @@ Partition = tuple[str, int]
 _TIMEOUT = 15.0
 
 
-class OffsetLookupError(RuntimeError):
+class OffsetLookupError(OperatorError, RuntimeError):
     """The broker did not answer an offsets request; the message says for which partition."""
 
 
@@ -72,10 +73,13 @@ def offsets_for_time(
 
 
 def partitions_of(admin: AdminClient, topic: str) -> list[Partition]:
-    """Every partition of ``topic``; ``LookupError`` if the topic does not exist."""
+    """Every partition of ``topic``; ``TopicMissing`` (a ``LookupError``) if there is no such
+    topic."""
     meta = admin.list_topics(topic, timeout=_TIMEOUT).topics.get(topic)
     if meta is None or meta.error is not None:
-        raise LookupError(f"topic {topic} does not exist")
+        raise TopicMissing(
+            f"topic {topic} does not exist; run `tier3 topics create`, and check TIER3_TOPIC_PREFIX"
+        )
     return [(topic, p) for p in sorted(meta.partitions)]
 
 
@@ -93,7 +97,7 @@ class Range:
         return self.end - self.start
 
 
-class RangeReadError(RuntimeError):
+class RangeReadError(OperatorError, RuntimeError):
     """A range that could not be read to its end in time."""
 
 

@@ -7,18 +7,25 @@ data under ``.tier3/`` in the working directory, offline providers. Production d
 
 from __future__ import annotations
 
+import logging
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from tier3.streams.kafka.errors import UsageError
+
+LIBRDKAFKA_LOG = logging.getLogger("tier3.librdkafka")
 
 
 def _read_secret_file(path: str | None) -> SecretStr | None:
     if not path:
         return None
-    return SecretStr(Path(path).read_text().strip())
+    try:
+        return SecretStr(Path(path).read_text().strip())
+    except OSError as exc:
+        raise UsageError(f"cannot read TIER3_SASL_PASSWORD_FILE {path}: {exc.strerror}") from exc
 
 
 class KafkaSettings(BaseSettings):
@@ -59,12 +66,16 @@ class KafkaSettings(BaseSettings):
         config: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "security.protocol": self.security_protocol,
+            # librdkafka's own log lines go through Python logging, like every tier3 log line,
+            # instead of straight to stderr (where they would bury a command's one error line).
+            "logger": LIBRDKAFKA_LOG,
         }
         if self.security_protocol.startswith("SASL"):
             password = self.password()
             if not self.sasl_username or password is None:
-                raise ValueError(
-                    "SASL is on but TIER3_SASL_USERNAME and TIER3_SASL_PASSWORD(_FILE) are not set"
+                raise UsageError(
+                    f"TIER3_SECURITY_PROTOCOL={self.security_protocol} but TIER3_SASL_USERNAME "
+                    "and TIER3_SASL_PASSWORD(_FILE) are not both set"
                 )
             config["sasl.mechanism"] = self.sasl_mechanism
             config["sasl.username"] = self.sasl_username

@@ -22,11 +22,13 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
+from tier3.streams.kafka.errors import OperatorError
+
 KAFKA_VERSION = "4.1.1"
 _ASSETS = resources.files("tier3.streams.local").joinpath("broker_config")
 
 
-class BrokerError(RuntimeError):
+class BrokerError(OperatorError, RuntimeError):
     """The local broker could not be set up, started or stopped; the message says what to do."""
 
 
@@ -51,6 +53,17 @@ def _java_major(java: str) -> int:
         raise BrokerError(f"could not read the Java version from: {out.strip()[:200]}")
     major = int(match.group(1))
     return int(match.group(2)) if major == 1 and match.group(2) else major
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable and writable by this user only (mode 0600), also
+    when the file already exists with a wider mode."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
 
 
 def _listening(port: int) -> bool:
@@ -197,26 +210,34 @@ class LocalBroker:
         return "".join(f"{k}={v}\n" for k, v in cfg.items())
 
     def _format_storage(self, classpath: str, java: str, config: Path) -> None:
+        """Format the storage; SCRAM users are written into the metadata log now.
+
+        The tool takes users only as arguments (``--add-scram name=...,password=...``), so its
+        class and arguments go in a Java argument file (``java @file``) that only this user can
+        read, deleted at once: on the command line, any local user could read the passwords
+        with ``ps``.
+        """
         if (self.root / "data" / "meta.properties").exists():
             return
         cluster_id = uuid.uuid4().hex[:22]
-        result = subprocess.run(
-            [
-                java,
-                "-cp",
-                classpath,
-                "kafka.tools.StorageTool",
-                "format",
-                "-t",
-                cluster_id,
-                "-c",
-                str(config),
-                "--ignore-formatted",
-                *self._format_extra_args(),
-            ],
-            capture_output=True,
-            text=True,
-        )
+        arguments = [
+            "kafka.tools.StorageTool",
+            "format",
+            "-t",
+            cluster_id,
+            "-c",
+            str(config),
+            "--ignore-formatted",
+            *self._format_extra_args(),
+        ]
+        argfile = self.root / f"format-{uuid.uuid4().hex[:8]}.args"
+        try:
+            write_private(argfile, "".join(f'"{a}"\n' for a in arguments))
+            result = subprocess.run(
+                [java, "-cp", classpath, f"@{argfile}"], capture_output=True, text=True
+            )
+        finally:
+            argfile.unlink(missing_ok=True)
         if result.returncode != 0:
             raise BrokerError(
                 f"formatting the broker's storage failed:\n{result.stdout}{result.stderr}"
@@ -263,7 +284,7 @@ class LocalBroker:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
         config = self.root / "server.properties"
-        config.write_text(self._properties())
+        write_private(config, self._properties())  # may hold the admin's SCRAM password
         self._format_storage(classpath, java, config)
         with resources.as_file(_ASSETS.joinpath("log4j2.properties")) as log_config:
             log_config_path = str(log_config)

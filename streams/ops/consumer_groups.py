@@ -29,9 +29,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import ConsumerGroupState, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import (
+    ConsumerGroupState,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 from tier3.streams.kafka import offsets
+from tier3.streams.kafka.errors import OperatorError
 from tier3.streams.kafka.offsets import Partition
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.ops.group_records import (
@@ -42,11 +48,12 @@ from tier3.streams.ops.group_records import (
     ResetPlan,
 )
 
-_TIMEOUT = 15.0
+_TIMEOUT = 15.0  # seconds librdkafka gives each admin request
+_GRACE = 5.0  # and how much longer we wait for its answer
 _INACTIVE = (ConsumerGroupState.EMPTY, ConsumerGroupState.DEAD)
 
 
-class GroupError(RuntimeError):
+class GroupError(OperatorError, RuntimeError):
     """A group operation that cannot be done as asked; the message says why and what to do."""
 
 
@@ -55,8 +62,15 @@ def _state_name(state: ConsumerGroupState | None) -> str:
 
 
 def _result(future: Any, what: str) -> Any:
+    """Wait for an admin request sent with ``request_timeout=_TIMEOUT``.
+
+    The wait outlasts the request's own timeout, so librdkafka always answers first: with the
+    result, or with the error that says why (unreachable, refused), never a bare timeout here.
+    """
     try:
-        return future.result(timeout=_TIMEOUT)
+        return future.result(timeout=_TIMEOUT + _GRACE)
+    except KafkaException as exc:
+        raise GroupError(f"{what} failed: {exc.args[0].str() if exc.args else exc}") from exc
     except Exception as exc:
         raise GroupError(f"{what} failed: {type(exc).__name__}: {exc}") from exc
 
@@ -80,7 +94,14 @@ class ConsumerGroups:
         return topic.startswith(self.settings.topic_prefix)
 
     def all_group_ids(self) -> list[str]:
+        """Every group the cluster knows. A listing that some broker did not answer is an error,
+        never a shorter list: "could not ask" must not read as "no groups"."""
         listing = _result(self.admin.list_consumer_groups(request_timeout=_TIMEOUT), "list groups")
+        if listing.errors:
+            first = listing.errors[0]
+            raise GroupError(
+                f"list groups failed on {len(listing.errors)} request(s): {first.str()}"
+            ) from KafkaException(first)
         return sorted(g.group_id for g in listing.valid)
 
     def committed(self, group: str) -> dict[Partition, int]:
@@ -124,10 +145,7 @@ class ConsumerGroups:
             raise GroupError(str(exc)) from exc
 
     def partitions_of(self, topic: str) -> list[Partition]:
-        try:
-            return offsets.partitions_of(self.admin, topic)
-        except LookupError as exc:
-            raise GroupError(str(exc)) from exc
+        return offsets.partitions_of(self.admin, topic)
 
     def describe(self, group: str) -> GroupDescription:
         """State, members and per-partition lag of one group."""

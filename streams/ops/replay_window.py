@@ -15,11 +15,16 @@ from typing import Any
 
 from confluent_kafka.admin import AdminClient
 from tier3.streams.kafka import offsets
+from tier3.streams.kafka.errors import OperatorError, UsageError
 from tier3.streams.kafka.offsets import Range
 
 
-class ReplayError(RuntimeError):
+class ReplayError(OperatorError, RuntimeError):
     """A replay that cannot run as asked; the message says why."""
+
+
+class WindowError(UsageError, ReplayError):
+    """A window that cannot be right (reversed, negative, unknown partitions); exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,23 @@ class Window:
     from_offset: int | None = None
     to_offset: int | None = None
     partitions: tuple[int, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.since is not None and self.until is not None and self.since >= self.until:
+            raise WindowError(
+                f"--since {self.since.isoformat()} is not before --until {self.until.isoformat()}"
+            )
+        for name, value in (("--from-offset", self.from_offset), ("--to-offset", self.to_offset)):
+            if value is not None and value < 0:
+                raise WindowError(f"{name} {value} is negative")
+        if (
+            self.from_offset is not None
+            and self.to_offset is not None
+            and self.from_offset > self.to_offset
+        ):
+            raise WindowError(
+                f"--from-offset {self.from_offset} is after --to-offset {self.to_offset}"
+            )
 
 
 @dataclass
@@ -83,14 +105,14 @@ def _ms(moment: datetime) -> int:
 
 def resolve(admin: AdminClient, topic: str, window: Window) -> list[Range]:
     """The offset ranges of ``topic`` that ``window`` covers, as the broker has them now."""
-    try:
-        parts = offsets.partitions_of(admin, topic)
-    except LookupError as exc:
-        raise ReplayError(str(exc)) from exc
+    parts = offsets.partitions_of(admin, topic)
     if window.partitions is not None:
         unknown = set(window.partitions) - {p for _, p in parts}
         if unknown:
-            raise ReplayError(f"{topic} has no partition {sorted(unknown)} ({len(parts)} in all)")
+            raise WindowError(
+                f"{topic} has no partition {', '.join(map(str, sorted(unknown)))} "
+                f"(it has {len(parts)}: 0 to {len(parts) - 1})"
+            )
         parts = [tp for tp in parts if tp[1] in window.partitions]
     marks = offsets.watermarks(admin, parts)
     since = offsets.offsets_for_time(admin, parts, _ms(window.since)) if window.since else {}

@@ -32,6 +32,7 @@ from tier3.schemas.registry import (
     TRAINING_REQUESTED,
 )
 from tier3.streams.kafka import offsets
+from tier3.streams.kafka.errors import UNREACHABLE, explain
 from tier3.streams.kafka.events import codec_of
 from tier3.streams.kafka.offsets import Range, read_ranges
 from tier3.streams.kafka.settings import KafkaSettings
@@ -71,6 +72,8 @@ class Status:
     last_eval: dict[str, Any] | None = None
     last_deployment: dict[str, Any] | None = None
     errors: list[str] = field(default_factory=list)
+    # 0, or why the broker could not be asked: 3 unreachable, 5 authentication failed, ...
+    exit_code: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -119,7 +122,9 @@ def collect(settings: KafkaSettings, admin: AdminClient | None = None) -> Status
         admin = admin or AdminClient({**settings.client_config(), "log_level": 0})
         metadata = admin.list_topics(timeout=5)
     except Exception as exc:
-        status.errors.append(f"broker: {exc}")
+        problem = explain(exc, settings)
+        status.exit_code = problem.exit_code if problem is not None else UNREACHABLE
+        status.errors.append(f"broker: {problem or exc}")
         return status
     status.broker_up, status.brokers = True, len(metadata.brokers)
     for spec in expected_topics(settings):

@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, Message
 from tier3.schemas import DecodeError
 from tier3.schemas.registry import TRACE
 from tier3.streams.kafka import offsets
+from tier3.streams.kafka.errors import OperatorError
 from tier3.streams.kafka.events import EventProducer, codec_of
 from tier3.streams.kafka.offsets import Range, read_ranges
 from tier3.streams.kafka.settings import KafkaSettings
@@ -39,7 +40,7 @@ from tier3.streams.kafka.topics import TRACES, admin_client
 log = structlog.get_logger("tier3.trace_deletion")
 
 
-class DeletionError(RuntimeError):
+class DeletionError(OperatorError, RuntimeError):
     """A deletion step failed; the message says which, and running the command again is safe."""
 
 
