@@ -29,6 +29,14 @@ on ``traces``) is left out of every replay, so history cannot bring a forgotten 
 came, once their cause is fixed (a teacher outage that outlasted the retries, a schema the
 readers now know); by default only those that now decode go back.
 
+**Decided at the experience, in batches.** The window is read and decoded in batches of
+``BATCH`` messages, and each experience is decided at sight (``decide(experience, None)``),
+as the live sampler does: the feedback is read only for what needs it, the chosen queries'
+ratings when jobs are sent, and every undecided query when a rule in force reads the feedback
+(``Policy.needs_feedback``). A feedback is matched by its key, as in the sampler (one keyed by
+anything else never meets its experience there either), and only matching ones are decoded. So
+a dry run of the default policy reads no feedback at all.
+
 **Dry run first.** Without ``execute`` the window is read and decided, and the counts (read,
 chosen by reason, undecodable) are reported, but nothing is sent. A message that does not decode
 is counted and skipped: the live consumer already sent it to the dead-letter topic when it first
@@ -40,8 +48,9 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
+from itertools import islice
 from typing import Any
 
 import structlog
@@ -87,6 +96,7 @@ HEADER_REPLAY_ID = "tier3.replay.id"
 HEADER_REPLAY_SOURCE = "tier3.replay.source"
 
 Progress = Callable[[int], None]
+BATCH = 5000  # messages decoded (and counted for progress) at a time
 
 # What each topic carries: a dead letter goes back only if it now decodes as one of these.
 _EVENTS_OF: dict[str, str | tuple[str, ...]] = {
@@ -97,6 +107,12 @@ _EVENTS_OF: dict[str, str | tuple[str, ...]] = {
     TRAINING_REQUESTS: TRAINING_REQUESTED,
     TRAINING_RESULTS: (TRAINING_COMPLETED, TRAINING_FAILED, EVAL_REPORT, MODEL_DEPLOYED),
 }
+
+
+def batched(messages: Iterator[Message], size: int) -> Iterator[list[Message]]:
+    """Lists of up to ``size`` messages (``itertools.batched`` once Python 3.12 is the floor)."""
+    while batch := list(islice(messages, size)):
+        yield batch
 
 
 class _Pacer:
@@ -165,27 +181,34 @@ class Replayer:
         report = self._report(RESAMPLE, EXPERIENCES, window)
         latest: dict[str, tuple[int, dict[str, Any]]] = {}
         first_ms = last_ms = None
-        for msg in read_ranges(self.settings, report.ranges):
-            record = self._decode(msg, EXPERIENCE, report, progress)
-            if record is None:
-                continue
-            ts = msg.timestamp()[1]
-            first_ms = ts if first_ms is None else min(first_ms, ts)
-            last_ms = ts if last_ms is None else max(last_ms, ts)
-            report.duplicates += record["query_id"] in latest
-            latest[record["query_id"]] = (msg.partition(), record)
-        feedback = {}
-        if latest and first_ms is not None and last_ms is not None:
-            feedback = self._feedback(set(latest), first_ms, last_ms + int(feedback_grace_s * 1000))
+        for batch in self._decoded(report.ranges, EXPERIENCE, report, progress):
+            for msg, record in batch:
+                ts = msg.timestamp()[1]
+                first_ms = ts if first_ms is None else min(first_ms, ts)
+                last_ms = ts if last_ms is None else max(last_ms, ts)
+                report.duplicates += record["query_id"] in latest
+                latest[record["query_id"]] = (msg.partition(), record)
         self._drop_known(report, latest, drop_traced=skip_traced)
+        # At sight: final unless a rule in force reads the feedback (None: that rule decides).
+        at_sight = {q: decide(experience, None, policy) for q, (_, experience) in latest.items()}
+        wanted = {
+            q for q, reason in at_sight.items()
+            if (reason is None and policy.needs_feedback) or (reason is not None and execute)
+        }
+        feedback = {}
+        if wanted and first_ms is not None and last_ms is not None:
+            feedback = self._feedback(wanted, first_ms, last_ms + int(feedback_grace_s * 1000))
         now_ms = int(time.time() * 1000)
         jobs = []
         for query_id, (partition, experience) in latest.items():
-            reason = decide(experience, feedback.get(query_id), policy)
+            reason = at_sight[query_id]
+            if reason is None and policy.needs_feedback:
+                reason = decide(experience, feedback.get(query_id), policy)
             if reason is not None:
                 report.chosen[reason] += 1
-                job = capture_job(experience, feedback.get(query_id), reason, now_ms)
-                jobs.append((partition, job))
+                if execute:
+                    job = capture_job(experience, feedback.get(query_id), reason, now_ms)
+                    jobs.append((partition, job))
         if execute:
             self._send(report, jobs)
         return report
@@ -196,12 +219,10 @@ class Replayer:
         """Send the window's capture jobs again, with reason ``replay``."""
         report = self._report(RECAPTURE, CAPTURE_JOBS, window)
         latest: dict[str, tuple[int, dict[str, Any]]] = {}
-        for msg in read_ranges(self.settings, report.ranges):
-            record = self._decode(msg, CAPTURE_JOB, report, progress)
-            if record is None:
-                continue
-            report.duplicates += record["query_id"] in latest
-            latest[record["query_id"]] = (msg.partition(), {**record, "reason": REPLAY_REASON})
+        for batch in self._decoded(report.ranges, CAPTURE_JOB, report, progress):
+            for msg, record in batch:
+                report.duplicates += record["query_id"] in latest
+                latest[record["query_id"]] = (msg.partition(), {**record, "reason": REPLAY_REASON})
         self._drop_known(report, latest)
         report.chosen[REPLAY_REASON] = len(latest)
         if execute:
@@ -236,42 +257,53 @@ class Replayer:
         live = {k.decode(errors="replace") for k, dead in gone.items() if not dead}
         return live, {k.decode(errors="replace") for k, dead in gone.items() if dead}
 
-    def _decode(
-        self, msg: Message, event: str, report: ReplayReport, progress: Progress | None
-    ) -> dict[str, Any] | None:
-        report.read += 1
-        if progress is not None:
-            progress(1)
-        try:
-            return self.codec.decode(msg.value(), expect=event).record
-        except DecodeError as exc:
-            report.undecodable += 1
-            log.warning(
-                "replay skips an undecodable message",
-                topic=msg.topic(),
-                partition=msg.partition(),
-                offset=msg.offset(),
-                reason=str(exc),
-            )
-            return None
+    def _decoded(
+        self, ranges: list[Range], event: str, report: ReplayReport, progress: Progress | None
+    ) -> Iterator[list[tuple[Message, dict[str, Any]]]]:
+        """The messages of ``ranges`` decoded, ``BATCH`` at a time; the undecodable counted,
+        logged and left out."""
+        for batch in batched(read_ranges(self.settings, ranges), BATCH):
+            report.read += len(batch)
+            if progress is not None:
+                progress(len(batch))
+            decode = self.codec.decode
+            decoded = []
+            for msg in batch:
+                try:
+                    decoded.append((msg, decode(msg.value(), expect=event).record))
+                except DecodeError as exc:
+                    report.undecodable += 1
+                    log.warning(
+                        "replay skips an undecodable message",
+                        topic=msg.topic(),
+                        partition=msg.partition(),
+                        offset=msg.offset(),
+                        reason=str(exc),
+                    )
+            yield decoded
 
     def _feedback(
         self, query_ids: set[str], since_ms: int, until_ms: int
     ) -> dict[str, dict[str, Any]]:
-        """The first feedback of each query, from the time span its experiences cover."""
+        """The first feedback of each query, from the time span its experiences cover. Only
+        feedback keyed by one of ``query_ids`` is decoded (the sampler joins by key too)."""
         window = Window(
             since=datetime.fromtimestamp(since_ms / 1000, UTC),
             until=datetime.fromtimestamp(until_ms / 1000, UTC),
         )
         ranges = resolve(self.admin, self.settings.topic(FEEDBACK_TOPIC), window)
+        keys = {q.encode() for q in query_ids}
         found: dict[str, dict[str, Any]] = {}
-        for msg in read_ranges(self.settings, ranges):
-            try:
-                record = self.codec.decode(msg.value(), expect=FEEDBACK).record
-            except DecodeError:
-                continue  # dead-lettered by the sampler when it first met it
-            if record["query_id"] in query_ids:
-                found.setdefault(record["query_id"], record)
+        for batch in batched(read_ranges(self.settings, ranges), BATCH):
+            for msg in batch:
+                if msg.key() not in keys:
+                    continue
+                try:
+                    record = self.codec.decode(msg.value(), expect=FEEDBACK).record
+                except DecodeError:
+                    continue  # dead-lettered by the sampler when it first met it
+                if record["query_id"] in query_ids:
+                    found.setdefault(record["query_id"], record)
         return found
 
     def dead_letters(
