@@ -62,7 +62,9 @@ def test_train_without_enough_traces_does_nothing(kafka, tmp_path):
     publish_traces(kafka, 5)
     env = tier3_env(kafka, tmp_path) | {"TIER3_MIN_TRACES": "10"}
     done = tier3("train", env=env)
+    # The documented contract (tier3 train --help): exit 0, nothing on stdout, why on stderr.
     assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
     assert "5 usable traces, fewer than TIER3_MIN_TRACES=10" in done.stderr
     assert read_events(kafka, TRAINING_REQUESTS) == []
     assert read_events(kafka, TRAINING_RESULTS) == []

@@ -85,7 +85,11 @@ def train(
 ) -> None:
     """Train the student now on every live trace, if there are enough of them (or --force).
 
-    Prints the result (TrainingCompleted or TrainingFailed) as JSON; exit code 1 on failure.
+    Prints the result (TrainingCompleted or TrainingFailed) as JSON on stdout; exit code 1 on
+    failure. With fewer usable traces than TIER3_MIN_TRACES (and no --force) it trains nothing,
+    says why on stderr, prints nothing on stdout and exits 0: too few traces is the normal state
+    between two thresholds, not a failure. A script reads the run from stdout, so empty stdout
+    with exit 0 means "nothing trained".
     """
     from tier3.schemas.registry import TRAINING_COMPLETED
     from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
