@@ -45,6 +45,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from tier3.schemas.codec import Record
 from tier3.streams.backend.deployments import DeploymentWatcher
 from tier3.streams.backend.publisher import Publisher
+from tier3.streams.kafka.topics import STUDENT_MODEL
 from tier3.tasks.contract import ChatMessage, Task, split_system
 from tier3.tasks.registry import configured_task
 
@@ -83,8 +84,7 @@ class RoutingSettings(BaseSettings):
         "cc-widget-selector-v2", description="Ollama name of the student when none is deployed."
     )
     model: str = Field(
-        # The trainer's default student name (TIER3_TRAIN_STUDENT_MODEL); set both together.
-        "cc-widget-selector",
+        STUDENT_MODEL,  # the trainer's and the counter's default too
         description="Logical model name (key of its deployment events).",
     )
     teacher_model: str = Field("claude-sonnet-4-5", description="Recorded on teacher answers.")

@@ -22,6 +22,12 @@ TRAINING_REQUESTS = "training-requests"
 TRAINING_RESULTS = "training-results"
 COUNTER_NEW_TRACES = "counter.new-traces"  # the counter's internal repartition topic
 
+# The student's logical name when none is configured (TIER3_STUDENT_MODEL): the key of its
+# records on training-requests and training-results (requests, results, deployments). Stated
+# here once; every settings class that names the student (counter, router, trainer, release)
+# takes its default from this.
+STUDENT_MODEL = "cc-widget-selector"
+
 DLQ_SUFFIX = ".dlq"
 _DAY_MS = 24 * 3600 * 1000
 

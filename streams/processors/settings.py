@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from tier3.streams.kafka.topics import STUDENT_MODEL
 from tier3.streams.processors.sampling import PolicySettings
-from tier3.streams.processors.training_requests import STUDENT_MODEL
 
 
 class WorkerSettings(BaseSettings):

@@ -16,11 +16,6 @@ from typing import Any, Literal
 THRESHOLD = "threshold"
 MANUAL = "manual"
 
-# The student's logical name when none is configured (TIER3_STUDENT_MODEL): the key of its
-# training requests, runs and deployment events. Stated here once; every settings class that
-# names the student takes its default from this.
-STUDENT_MODEL = "cc-widget-selector"
-
 
 def request_id(model: str, query_ids: Iterable[str]) -> str:
     """The stable id of a request to train ``model`` on exactly these traces."""

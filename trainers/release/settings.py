@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from tier3.streams.processors.training_requests import STUDENT_MODEL
+from tier3.streams.kafka.topics import STUDENT_MODEL
 from tier3.trainers.release.gate import GateThresholds
 from tier3.trainers.release.ollama_deploy import DEFAULT_NAME
 

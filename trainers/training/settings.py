@@ -35,7 +35,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from tier3.streams.processors.training_requests import STUDENT_MODEL
+from tier3.streams.kafka.topics import STUDENT_MODEL
 
 # The kernel that never stalls: sdpa on CPU and GPU alike (flex_attention: see the docstring).
 DEFAULT_ATTENTION = "sdpa"
