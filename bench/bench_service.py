@@ -8,6 +8,8 @@ slow response cannot hold back the next request and hide latency (coordinated om
 
 Scenarios, in one run, each on a fresh service process and topic prefix:
 
+0. **tier3's own time per request**, in-process: ``AsyncRouter.answer`` with instant models,
+   publishing on and off, alternated; the part of a request tier3 adds, free of HTTP and noise.
 1. **publishing on vs off** at each rate: the same service with ``ENABLE_TIER3_CAPTURE=true``
    (routing + publishing) and ``false`` (routing only), run alternately; p50, p99, max.
    Budget: tier3 adds <= 1 ms to the p99 and no request fails.
@@ -19,6 +21,9 @@ Scenarios, in one run, each on a fresh service process and topic prefix:
 3. **Ollama down**: the student's URL points at a closed port; the teacher answers every student
    request (``student-fallback``), counted per variant.
 
+vegeta runs at most 2,000 requests at once (``-max-workers``) and gives up on one after 10 s
+(status 0 in the tables): a saturated service shows as a lower achieved rate and timeouts.
+
 The broker is a private one (``tier3 broker start --home /tmp/svcbench --port 29192``), stopped at
 the end: pausing the shared test broker would stall everyone's tests.
 
@@ -29,6 +34,7 @@ Usage (from the repository root):
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import csv
@@ -37,6 +43,7 @@ import io
 import json
 import os
 import platform
+import random
 import signal
 import socket
 import subprocess
@@ -50,10 +57,13 @@ from urllib.request import urlopen
 import psutil
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
+from tier3.streams.backend.async_router import AsyncRouter
+from tier3.streams.backend.publisher import Publisher
+from tier3.streams.backend.router import RoutingSettings
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import EXPERIENCES, create_topics
 from tier3.streams.local.kafka_broker import LocalBroker
-from tier3.tasks.widgets import random_query
+from tier3.tasks.widgets import random_query, reference_answer
 
 ROOT = Path(__file__).resolve().parent.parent
 TIER3 = str(Path(sys.executable).with_name("tier3"))
@@ -95,8 +105,6 @@ def start_server(api: str, delay: float) -> tuple[subprocess.Popen, str]:
 
 def write_targets(url: str, n: int = 2000) -> Path:
     """vegeta's JSON targets: n distinct users (so the split splits), widget queries."""
-    import random
-
     rng = random.Random(1)
     path = WORK / "targets.jsonl"
     with path.open("w") as out:
@@ -161,7 +169,15 @@ class Service:
         return t.user + t.system
 
     def metrics(self) -> dict[str, float]:
-        text = urlopen(f"{self.url}/metrics", timeout=5).read().decode()
+        """The service's /metrics; an overloaded service answers once its backlog is done."""
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                text = urlopen(f"{self.url}/metrics", timeout=30).read().decode()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
         out: dict[str, float] = {}
         for family in text_string_to_metric_families(text):
             for s in family.samples:
@@ -197,7 +213,8 @@ def attack(vegeta: str, targets: Path, rate: int, seconds: float, name: str) -> 
     """A constant-rate attack; its results file. Prints a line every 5 s while it runs."""
     out = WORK / f"{name}.bin"
     cmd = [vegeta, "attack", "-format=json", f"-targets={targets}", f"-rate={rate}/s",
-           f"-duration={seconds}s", "-timeout=10s", f"-name={name}", f"-output={out}"]
+           f"-duration={seconds}s", "-timeout=10s", "-max-workers=2000", f"-name={name}",
+           f"-output={out}"]
     proc = subprocess.Popen(cmd)
     started = next_line = time.monotonic()
     while proc.poll() is None:
@@ -376,6 +393,46 @@ def cpu_in(samples: list[tuple[float, float, float]], lo: float, hi: float) -> d
     return {"service_cores": (s1 - s0) / (t1 - t0), "broker_cores": (b1 - b0) / (t1 - t0)}
 
 
+def in_process_overhead(bootstrap: str, calls: int = 20_000, rounds: int = 3) -> list[dict]:
+    """tier3's own time per request, without HTTP: ``AsyncRouter.answer`` with models that answer
+    at once, publishing on (to the private broker) and off, alternated round by round. This is
+    what tier3 adds to a request's path, measured where the machine's noise cannot hide it."""
+    async def teacher(query: str, context: dict) -> str:
+        return json.dumps(reference_answer(query, context))
+
+    async def student(model: str, query: str, context: dict) -> str:
+        return json.dumps({**reference_answer(query, context), "widgets": ["table"]})
+
+    rng = random.Random(3)
+    queries = [random_query(rng) for _ in range(1000)]
+    settings = fresh_topics(bootstrap)
+    out = []
+    for rnd in range(rounds):
+        for publishing in (False, True):
+            publisher = Publisher(settings, enabled=publishing)
+            router = AsyncRouter(teacher, student, RoutingSettings(
+                use_finetuned_model=True, student_percent=50), publisher=publisher)
+
+            async def run(router: AsyncRouter = router) -> list[float]:
+                took = []
+                for i in range(calls):
+                    q = queries[i % len(queries)]
+                    t0 = time.perf_counter()
+                    await router.answer(q.text, q.context, user_id_hash=f"u{i}",
+                                        session_id_hash="s")
+                    took.append((time.perf_counter() - t0) * 1e6)
+                return took
+
+            took = asyncio.run(run())
+            publisher.close(30)
+            out.append({"round": rnd + 1, "publishing": publishing,
+                        "p50_us": percentile(took, 0.5), "p99_us": percentile(took, 0.99),
+                        "p999_us": percentile(took, 0.999), "max_us": max(took)})
+            say(f"in-process, round {rnd + 1}, publishing {'on' if publishing else 'off'}: "
+                f"p50 {out[-1]['p50_us']:.0f} µs, p99 {out[-1]['p99_us']:.0f} µs")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -386,7 +443,8 @@ def main() -> None:
     parser.add_argument("--pause-buffer", type=int, default=5000)
     parser.add_argument("--teacher-delay", type=float, default=0.1)
     parser.add_argument("--student-delay", type=float, default=0.05)
-    parser.add_argument("--skip", default="", help="comma list of: compare,paused,down")
+    parser.add_argument("--skip", default="",
+                        help="comma list of: overhead,compare,paused,down")
     args = parser.parse_args()
     skip = set(filter(None, args.skip.split(",")))
     WORK.mkdir(parents=True, exist_ok=True)
@@ -400,7 +458,10 @@ def main() -> None:
     student_proc, ctx["student"] = start_server("ollama", args.student_delay)
     runs: list[dict] = []
     paused: list[dict] = []
+    overhead: list[dict] = []
     try:
+        if "overhead" not in skip:
+            overhead = in_process_overhead(ctx["bootstrap"])
         if "compare" not in skip:
             for rate in (int(x) for x in args.rates.split(",")):
                 for mode in ("off", "on"):
@@ -424,10 +485,11 @@ def main() -> None:
         say("stopping the private broker")
         subprocess.run([TIER3, "broker", "stop", "--home", str(WORK), "--port",
                         str(BROKER_PORT)], check=False)
-    print_results(args, runs, paused)
+    print_results(args, runs, paused, overhead)
 
 
-def print_results(args: argparse.Namespace, runs: list[dict], paused: list[dict]) -> None:
+def print_results(args: argparse.Namespace, runs: list[dict], paused: list[dict],
+                  overhead: list[dict]) -> None:
     cpu = next((line.split(":", 1)[1].strip()
                 for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
@@ -435,6 +497,14 @@ def print_results(args: argparse.Namespace, runs: list[dict], paused: list[dict]
           f"{os.cpu_count()} cores ({cpu}), Python {platform.python_version()}, vegeta "
           f"{VEGETA_VERSION}; teacher {args.teacher_delay * 1000:.0f} ms, student "
           f"{args.student_delay * 1000:.0f} ms, student share 50%; {args.duration:.0f} s/run\n")
+    if overhead:
+        print("tier3's own time per request (AsyncRouter.answer, instant models, no HTTP):\n")
+        print("| round | publishing | p50 µs | p99 µs | p99.9 µs | max µs |")
+        print("| ---: | --- | ---: | ---: | ---: | ---: |")
+        for o in overhead:
+            print(f"| {o['round']} | {'on' if o['publishing'] else 'off'} | {o['p50_us']:.1f} | "
+                  f"{o['p99_us']:.1f} | {o['p999_us']:.1f} | {o['max_us']:.0f} |")
+        print()
     print("| run | target/s | achieved/s | p50 ms | p99 ms | max ms | status codes | "
           "teacher/student/fallback | service CPU (cores) | load1 before |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |")
