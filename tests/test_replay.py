@@ -21,12 +21,12 @@ from tier3.streams.kafka.events import EventProducer
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import CAPTURE_JOBS, EXPERIENCES
 from tier3.streams.ops.replay import (
-    HEADER_REPLAY_ID,
     REPLAY_REASON,
     Replayer,
     ReplayError,
     Window,
 )
+from tier3.streams.ops.replay_send import HEADER_REPLAY_ID
 from tier3.streams.processors.sampling import Policy, decide
 
 from tests.support.kafka_reading import read_all, read_events

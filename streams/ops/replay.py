@@ -54,7 +54,7 @@ from itertools import islice
 from typing import Any
 
 import structlog
-from confluent_kafka import KafkaError, Message
+from confluent_kafka import Message
 from confluent_kafka.admin import AdminClient
 from tier3.schemas import DecodeError
 from tier3.schemas.registry import (
@@ -70,7 +70,7 @@ from tier3.schemas.registry import (
 )
 from tier3.streams.kafka import offsets
 from tier3.streams.kafka.dead_letters import HEADER_TYPE, DeadLetter
-from tier3.streams.kafka.events import EventProducer, codec_of
+from tier3.streams.kafka.events import codec_of
 from tier3.streams.kafka.offsets import Range, read_ranges
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import (
@@ -83,6 +83,7 @@ from tier3.streams.kafka.topics import (
     create_topics,
 )
 from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC
+from tier3.streams.ops.replay_send import send
 from tier3.streams.ops.replay_window import ReplayError, ReplayReport, Window, resolve
 from tier3.streams.processors.sampling import Policy, capture_job, decide
 
@@ -92,8 +93,6 @@ RESAMPLE = "resample"
 RECAPTURE = "recapture"
 DEAD_LETTERS = "dead-letters"
 REPLAY_REASON = "replay"
-HEADER_REPLAY_ID = "tier3.replay.id"
-HEADER_REPLAY_SOURCE = "tier3.replay.source"
 
 Progress = Callable[[int], None]
 BATCH = 5000  # messages decoded (and counted for progress) at a time
@@ -113,24 +112,6 @@ def batched(messages: Iterator[Message], size: int) -> Iterator[list[Message]]:
     """Lists of up to ``size`` messages (``itertools.batched`` once Python 3.12 is the floor)."""
     while batch := list(islice(messages, size)):
         yield batch
-
-
-class _Pacer:
-    """Keep to ``rate`` sends per second (no limit when None)."""
-
-    def __init__(self, rate: float | None) -> None:
-        if rate is not None and rate <= 0:
-            raise ReplayError("--rate must be positive")
-        self.interval = 1.0 / rate if rate else 0.0
-        self.next_at = time.monotonic()
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        now = time.monotonic()
-        if self.next_at > now:
-            time.sleep(self.next_at - now)
-        self.next_at = max(self.next_at, now) + self.interval
 
 
 class Replayer:
@@ -182,12 +163,15 @@ class Replayer:
         latest: dict[str, tuple[int, dict[str, Any]]] = {}
         first_ms = last_ms = None
         for batch in self._decoded(report.ranges, EXPERIENCE, report, progress):
+            if not batch:
+                continue
+            stamps = [msg.timestamp()[1] for msg, _ in batch]
+            first_ms = min(stamps) if first_ms is None else min(first_ms, *stamps)
+            last_ms = max(stamps) if last_ms is None else max(last_ms, *stamps)
             for msg, record in batch:
-                ts = msg.timestamp()[1]
-                first_ms = ts if first_ms is None else min(first_ms, ts)
-                last_ms = ts if last_ms is None else max(last_ms, ts)
-                report.duplicates += record["query_id"] in latest
-                latest[record["query_id"]] = (msg.partition(), record)
+                query_id = record["query_id"]
+                report.duplicates += query_id in latest
+                latest[query_id] = (msg.partition(), record)
         self._drop_known(report, latest, drop_traced=skip_traced)
         # At sight: final unless a rule in force reads the feedback (None: that rule decides).
         at_sight = {q: decide(experience, None, policy) for q, (_, experience) in latest.items()}
@@ -377,46 +361,5 @@ class Replayer:
         self, report: ReplayReport, messages: list[tuple[int | None, bytes | None, bytes | None]]
     ) -> None:
         """Produce ``(partition or None, key, value)`` to the report's target; wait for acks."""
-        target = report.target
-        self._target_partitions(target)
-        producer = EventProducer(self.target, codec=self.codec)
-        failures: list[str] = []
-
-        def delivered(err: KafkaError | None, _: Message) -> None:
-            if err is not None:
-                failures.append(err.str())
-
-        pacer = _Pacer(self.rate)
-        headers = [
-            (HEADER_REPLAY_ID, report.replay_id.encode()),
-            (HEADER_REPLAY_SOURCE, report.source.encode()),
-        ]
-        for partition, key, value in messages:
-            pacer.wait()
-            extra = {"partition": partition} if partition is not None else {}
-            while True:
-                try:
-                    producer.raw.produce(
-                        target, value, key, headers=headers, on_delivery=delivered, **extra
-                    )
-                    break
-                except BufferError:
-                    producer.poll(0.05)
-            producer.poll(0)
-        remaining = producer.flush(60)
-        report.failed = len(failures) + remaining
-        report.sent = len(messages) - report.failed
-        report.executed = True
-        log.info(
-            "replay sent",
-            replay_id=report.replay_id,
-            mode=report.mode,
-            sent=report.sent,
-            failed=report.failed,
-            target=target,
-        )
-        if report.failed:
-            raise ReplayError(
-                f"{report.failed} of {len(messages)} messages not delivered ({failures[:1]}); "
-                "replaying the same window again is safe"
-            )
+        self._target_partitions(report.target)
+        send(self.target, self.codec, self.rate, report, messages)
