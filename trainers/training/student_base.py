@@ -142,6 +142,7 @@ class StudentBase:
             if hasattr(model.config, "__dict__"):
                 model.config.__dict__.pop("quantization_config", None)
             model.hf_quantizer = None
+            model.is_quantized = False  # set by the GGUF loader; Trainer refuses such a model
             model.generation_config.eos_token_id = model.config.eos_token_id
         return model
 
