@@ -104,6 +104,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         await teacher.close()
+        await student.close()
         if deployments is not None:
             await asyncio.to_thread(deployments.close)
         undelivered = await publisher.aclose(timeout=10)
