@@ -24,6 +24,8 @@ def _no_ambient_tier3_env(monkeypatch: pytest.MonkeyPatch) -> None:
             "TIER3_TEST_HOME",
             "TIER3_TEST_BROKER_PORT",
             "TIER3_KAFKA_CACHE",
+            "TIER3_SEAWEEDFS_CACHE",
+            "TIER3_WEED_BIN",
         ):
             monkeypatch.delenv(name, raising=False)
     monkeypatch.delenv("ENABLE_TIER3_CAPTURE", raising=False)
