@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.local.sasl_broker import ScramUser
 
 from tests.support.ports import free_port, free_port_pair
 from tests.support.sasl_broker import SaslBroker
@@ -20,7 +21,7 @@ from tests.support.sasl_broker import SaslBroker
 TIER3 = str(Path(sys.executable).with_name("tier3"))
 
 # The exit codes docs/operations.md documents (tier3.streams.kafka.errors).
-USAGE, UNREACHABLE, AUTHENTICATION = 2, 3, 5
+USAGE, UNREACHABLE, AUTHENTICATION, NOT_AUTHORIZED, TOPIC_MISSING = 2, 3, 5, 6, 7
 
 
 def tier3(*args: str, timeout: float = 120, **env: str) -> subprocess.CompletedProcess[str]:
@@ -155,6 +156,88 @@ def test_sasl_without_a_user_names_the_variables(sasl: SaslBroker) -> None:
     del env["TIER3_SASL_USERNAME"], env["TIER3_SASL_PASSWORD"]
     done = tier3("topics", "create", **env)
     assert_one_line(done, USAGE, "TIER3_SASL_USERNAME", "TIER3_SASL_PASSWORD")
+
+
+@pytest.fixture(scope="module")
+def created_prefix(sasl: SaslBroker) -> str:
+    """A prefix whose topics the application user created: they exist, hidden by ACLs."""
+    done = tier3("topics", "create", **_sasl_env(sasl, TIER3_TOPIC_PREFIX="acls."))
+    assert done.returncode == 0, done.stderr
+    return "acls."
+
+
+REFUSED = [
+    ["topics", "create"],
+    ["topics", "describe"],
+    ["status"],
+    ["groups", "list"],
+    ["groups", "lag"],
+    ["replay", "recapture"],
+    ["traces", "delete", "--query-id", "q-1"],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", REFUSED, ids=" ".join)
+def test_a_user_without_acls_is_told_it_is_not_authorized(
+    sasl: SaslBroker, created_prefix: str, command: list[str]
+) -> None:
+    """Kafka hides what a principal may not describe; that must not read as "missing" or
+    "none"."""
+    env = _sasl_env(
+        sasl,
+        TIER3_SASL_USERNAME=sasl.stranger.name,
+        TIER3_SASL_PASSWORD=sasl.stranger.password,
+        TIER3_TOPIC_PREFIX=created_prefix,
+    )
+    done = tier3(*command, **env)
+    assert_one_line(done, NOT_AUTHORIZED, "not authorized", "ACLs", "TIER3_SASL_USERNAME")
+    assert done.stdout == ""
+
+
+@pytest.mark.slow
+def test_groups_list_without_describe_on_the_cluster_is_not_read_as_no_groups(
+    sasl: SaslBroker, created_prefix: str
+) -> None:
+    """A user that may see the topics but no group: the broker lists it no group at all."""
+    from confluent_kafka.admin import (
+        AclBinding,
+        AclOperation,
+        AclPermissionType,
+        AdminClient,
+        ResourcePatternType,
+        ResourceType,
+        ScramCredentialInfo,
+        ScramMechanism,
+        UserScramCredentialUpsertion,
+    )
+
+    from tests.support.sasl_broker import ADMIN_PASSWORD
+
+    admin = AdminClient(
+        sasl.settings(sasl_username="admin", sasl_password=ADMIN_PASSWORD).client_config()
+    )
+    reader = ScramUser("tier3-topic-reader", "pw-reader-1")
+    info = ScramCredentialInfo(ScramMechanism.SCRAM_SHA_512, 4096)
+    for future in admin.alter_user_scram_credentials(
+        [UserScramCredentialUpsertion(reader.name, info, reader.password.encode())]
+    ).values():
+        future.result(timeout=30)
+    describe = AclBinding(
+        ResourceType.TOPIC, created_prefix, ResourcePatternType.PREFIXED, f"User:{reader.name}",
+        "*", AclOperation.DESCRIBE, AclPermissionType.ALLOW,
+    )
+    for future in admin.create_acls([describe]).values():
+        future.result(timeout=30)
+    env = _sasl_env(
+        sasl,
+        TIER3_SASL_USERNAME=reader.name,
+        TIER3_SASL_PASSWORD=reader.password,
+        TIER3_TOPIC_PREFIX=created_prefix,
+    )
+    done = tier3("groups", "list", **env)
+    assert_one_line(done, NOT_AUTHORIZED, "no consumer group is visible", "Describe on the cluster")
+    assert done.stdout == ""
 
 
 # -- secrets -----------------------------------------------------------------------------------

@@ -98,6 +98,8 @@ def test_the_cli_connects_with_credentials_from_the_environment(sasl: SaslBroker
 
 
 def test_broker_start_sasl_from_the_command_line(tmp_path: Path) -> None:
+    """With --acls (the default start is tested in test_cli_errors): the application user works
+    through the ACLs it is granted."""
     from tests.support.ports import free_port_pair
 
     port = free_port_pair()
@@ -113,7 +115,11 @@ def test_broker_start_sasl_from_the_command_line(tmp_path: Path) -> None:
     }
     tier3 = str(Path(sys.executable).parent / "tier3")
     started = subprocess.run(
-        [tier3, "broker", "start-sasl"], env=env, capture_output=True, text=True, timeout=150
+        [tier3, "broker", "start-sasl", "--acls"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=150,
     )
     try:
         assert started.returncode == 0, started.stderr
@@ -124,8 +130,12 @@ def test_broker_start_sasl_from_the_command_line(tmp_path: Path) -> None:
             security_protocol="SASL_PLAINTEXT",
             sasl_username="app",
             sasl_password_file=str(password_file),
+            topic_prefix="acl.",
+            partitions=1,
         )
         assert AdminClient({**client.client_config(), "log_level": 0}).list_topics(timeout=10)
+        created = create_topics(client)
+        assert set(created.values()) == {"created"}
         _refused({"bootstrap.servers": f"127.0.0.1:{port}"})
     finally:
         subprocess.run([tier3, "broker", "stop"], env=env, capture_output=True, timeout=60)

@@ -91,6 +91,14 @@ def broker_start_sasl(
             "line is visible to every local user.",
         ),
     ] = None,
+    acls: Annotated[
+        bool,
+        typer.Option(
+            "--acls",
+            help="Enforce ACLs (KRaft's StandardAuthorizer): the application user is granted "
+            "everything through ACLs; any other user only what kafka-acls grants it.",
+        ),
+    ] = False,
 ) -> None:
     """Start the local broker with SASL/SCRAM-SHA-512 on its client listener.
 
@@ -99,7 +107,7 @@ def broker_start_sasl(
     Users are written when the broker's storage is first formatted: start a new --home to change
     them. Clients then need TIER3_SECURITY_PROTOCOL=SASL_PLAINTEXT.
     """
-    from tier3.streams.local.sasl_broker import ScramUser, sasl_server_config
+    from tier3.streams.local.sasl_broker import ScramUser, grant_everything, sasl_server_config
 
     # Read here, not by a flag: a secret must never be on a command line.
     admin_password = os.environ.get("TIER3_BROKER_ADMIN_PASSWORD")
@@ -114,10 +122,12 @@ def broker_start_sasl(
     broker = LocalBroker(
         home=home or LocalSettings().home,
         port=port,
-        extra_config=sasl_server_config(port, port + 1, admin, [user]),
+        extra_config=sasl_server_config(port, port + 1, admin, [user], authorizer=acls),
     )
     console.print(f"starting Kafka with SASL/SCRAM in {broker.root} ...")
     bootstrap = broker.start()
+    if acls:
+        grant_everything(bootstrap, admin, user.name)
     out.print(bootstrap)
     console.print(
         f"clients: TIER3_BOOTSTRAP_SERVERS={bootstrap} "

@@ -43,6 +43,13 @@ _CREDENTIALS = (
     "TIER3_SECURITY_PROTOCOL"
 )
 _ACLS = "check the ACLs granted to TIER3_SASL_USERNAME on the broker"
+# What the refused principal lacks, by the resource the broker names in its refusal.
+_RESOURCE = {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED: "the topics",
+    KafkaError.GROUP_AUTHORIZATION_FAILED: "the consumer group",
+    KafkaError.CLUSTER_AUTHORIZATION_FAILED: "the cluster",
+    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED: "the transactional id",
+}
 _TOPICS = "run `tier3 topics create`, and check TIER3_TOPIC_PREFIX"
 
 
@@ -90,17 +97,21 @@ _AUTHENTICATION_CODES = {
     KafkaError.ILLEGAL_SASL_STATE,
     KafkaError.UNSUPPORTED_SASL_MECHANISM,
 }
-_AUTHORIZATION_CODES = {
-    KafkaError.TOPIC_AUTHORIZATION_FAILED,
-    KafkaError.GROUP_AUTHORIZATION_FAILED,
-    KafkaError.CLUSTER_AUTHORIZATION_FAILED,
-    KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
-}
+_AUTHORIZATION_CODES = set(_RESOURCE)
 _MISSING_CODES = {
     KafkaError.UNKNOWN_TOPIC_OR_PART,
     KafkaError._UNKNOWN_TOPIC,
     KafkaError._UNKNOWN_PARTITION,
 }
+
+
+def topic_refused(topic: str) -> NotAuthorized:
+    """A topic the principal may not describe. Kafka leaves such topics out of a listing, so
+    without asking for it by name it would read as "missing"."""
+    return NotAuthorized(
+        f"not authorized to describe topic {topic}; {_ACLS} (e.g. kafka-acls --add "
+        f"--allow-principal User:<name> --operation All --topic {topic})"
+    )
 
 
 def _chain(exc: BaseException) -> Iterator[BaseException]:
@@ -128,7 +139,7 @@ def from_kafka_error(error: KafkaError, settings: KafkaSettings | None = None) -
     if code in _AUTHENTICATION_CODES:
         return AuthenticationFailed(f"authentication failed{where} ({text}); {_CREDENTIALS}")
     if code in _AUTHORIZATION_CODES:
-        return NotAuthorized(f"not authorized ({text}); {_ACLS}")
+        return NotAuthorized(f"not authorized on {_RESOURCE[code]} ({text}); {_ACLS}")
     if code in _MISSING_CODES:
         return TopicMissing(f"topic or partition missing ({text}); {_TOPICS}")
     if code in _UNREACHABLE_CODES:

@@ -4,6 +4,10 @@ One place for the ListOffsets requests that the operator tools share (group lag 
 replay windows, status sizes), made through confluent-kafka's ``AdminClient.list_offsets``.
 Partitions are ``(topic, partition)`` pairs, because that is what callers index by.
 
+Which topics exist is asked here too (``existing_topics``, ``partitions_of``), so that a topic the
+principal may not describe is reported as such: a broker with ACLs leaves it out of a listing,
+where it would read as "missing".
+
 ``read_ranges`` reads the messages between two offsets of each partition with an assigned
 consumer: no group membership and no commit, so reading history never disturbs a stage.
 """
@@ -17,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
-from tier3.streams.kafka.errors import OperatorError, TopicMissing
+from confluent_kafka.admin import AdminClient, OffsetSpec, TopicMetadata
+from tier3.streams.kafka.errors import OperatorError, TopicMissing, topic_refused
 from tier3.streams.kafka.settings import KafkaSettings
 
 Partition = tuple[str, int]
@@ -72,11 +76,35 @@ def offsets_for_time(
     return _list(admin, list(partitions), OffsetSpec.for_timestamp(ms))
 
 
+def existing_topics(
+    admin: AdminClient, names: Iterable[str], timeout: float = _TIMEOUT
+) -> dict[str, TopicMetadata]:
+    """The topics among ``names`` that exist, by name; ``NotAuthorized`` for one the principal
+    may not describe. One listing, then a request by name for each topic it lacks: asked by
+    name, the broker says "not authorized" where the listing stays silent."""
+    listing = admin.list_topics(timeout=timeout).topics
+    found = {}
+    for name in names:
+        meta = listing.get(name) or _named(admin, name, timeout)
+        if meta is not None:
+            found[name] = meta
+    return found
+
+
+def _named(admin: AdminClient, topic: str, timeout: float) -> TopicMetadata | None:
+    meta = admin.list_topics(topic, timeout=timeout).topics.get(topic)
+    if meta is not None and meta.error is not None:
+        if meta.error.code() == KafkaError.TOPIC_AUTHORIZATION_FAILED:
+            raise topic_refused(topic)
+        return None
+    return meta
+
+
 def partitions_of(admin: AdminClient, topic: str) -> list[Partition]:
     """Every partition of ``topic``; ``TopicMissing`` (a ``LookupError``) if there is no such
-    topic."""
-    meta = admin.list_topics(topic, timeout=_TIMEOUT).topics.get(topic)
-    if meta is None or meta.error is not None:
+    topic, ``NotAuthorized`` if the principal may not describe it."""
+    meta = _named(admin, topic, _TIMEOUT)
+    if meta is None:
         raise TopicMissing(
             f"topic {topic} does not exist; run `tier3 topics create`, and check TIER3_TOPIC_PREFIX"
         )

@@ -35,11 +35,12 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import AclOperation, AdminClient
 from tier3.streams.kafka import offsets
-from tier3.streams.kafka.errors import OperatorError
+from tier3.streams.kafka.errors import NotAuthorized, OperatorError
 from tier3.streams.kafka.offsets import Partition
 from tier3.streams.kafka.settings import KafkaSettings
+from tier3.streams.kafka.topics import expected_topics
 from tier3.streams.ops.group_records import (
     GroupDescription,
     GroupSummary,
@@ -102,7 +103,23 @@ class ConsumerGroups:
             raise GroupError(
                 f"list groups failed on {len(listing.errors)} request(s): {first.str()}"
             ) from KafkaException(first)
+        if not listing.valid and not self._may_list_every_group():
+            # The broker lists only the groups the principal may describe: none could be hidden.
+            raise NotAuthorized(
+                "no consumer group is visible, and TIER3_SASL_USERNAME may not list them all "
+                "(Describe on the cluster); check the ACLs granted to it on the broker"
+            )
         return sorted(g.group_id for g in listing.valid)
+
+    def _may_list_every_group(self) -> bool:
+        cluster = _result(
+            self.admin.describe_cluster(
+                include_authorized_operations=True, request_timeout=_TIMEOUT
+            ),
+            "describe the cluster",
+        )
+        allowed = set(cluster.authorized_operations or [])
+        return bool(allowed & {AclOperation.DESCRIBE, AclOperation.ALL})
 
     def committed(self, group: str) -> dict[Partition, int]:
         """The group's committed offsets, by (topic, partition)."""
@@ -193,7 +210,14 @@ class ConsumerGroups:
         }
 
     def list(self, include_all: bool = False) -> list[GroupSummary]:
-        """Groups reading this deployment's topics (every group with ``include_all``)."""
+        """Groups reading this deployment's topics (every group with ``include_all``).
+
+        ``NotAuthorized`` if the principal may not describe a design topic: the offsets on it,
+        which make a group one of ours, would be hidden, and the list would read "none".
+        """
+        offsets.existing_topics(
+            self.admin, [self.settings.topic(s.name) for s in expected_topics(self.settings)]
+        )
         groups = self.all_group_ids()
         if not groups:
             return []

@@ -14,7 +14,9 @@ What it gathers, and how cheaply:
   offsets (the broker's time index), so status never reads the traces topic itself. A rewrite of
   a trace counts again; that is the honest price of staying O(partitions).
 
-Every part that cannot be read says why in ``errors`` instead of failing the whole screen.
+Every part that cannot be read says why in ``errors`` instead of failing the whole screen; the
+exception is a design topic the principal may not describe (``NotAuthorized``, exit 6), since then
+"missing" and "none yet" would be claims about what it could not see.
 """
 
 from __future__ import annotations
@@ -127,12 +129,15 @@ def collect(settings: KafkaSettings, admin: AdminClient | None = None) -> Status
         status.errors.append(f"broker: {problem or exc}")
         return status
     status.broker_up, status.brokers = True, len(metadata.brokers)
-    for spec in expected_topics(settings):
-        full = settings.topic(spec.name)
-        if full not in metadata.topics:
+    # A design topic the principal may not describe raises NotAuthorized: the whole screen
+    # would otherwise read "missing" and "none yet" where it could not look.
+    names = [settings.topic(spec.name) for spec in expected_topics(settings)]
+    existing = offsets.existing_topics(admin, names)
+    for full in names:
+        if full not in existing:
             status.topics.append(TopicSize(full, exists=False))
             continue
-        parts = [(full, p) for p in sorted(metadata.topics[full].partitions)]
+        parts = [(full, p) for p in sorted(existing[full].partitions)]
         try:
             marks = offsets.watermarks(admin, parts)
         except offsets.OffsetLookupError as exc:

@@ -2,7 +2,9 @@
 
 Started once per test session, on free ports and a temporary home, and stopped at the end. It
 has two client listeners: SASL_PLAINTEXT, and SASL_SSL with a certificate from a throwaway CA
-made here (the ``cryptography`` package), valid for 127.0.0.1.
+made here (the ``cryptography`` package), valid for 127.0.0.1. It enforces ACLs (KRaft's
+StandardAuthorizer): the application user ``CLIENT`` is granted everything through ACLs, and
+``STRANGER`` logs in but is granted nothing, for the "not authorized" tests.
 """
 
 from __future__ import annotations
@@ -17,12 +19,18 @@ from pathlib import Path
 import pytest
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.local.kafka_broker import LocalBroker
-from tier3.streams.local.sasl_broker import ScramUser, TlsListener, sasl_server_config
+from tier3.streams.local.sasl_broker import (
+    ScramUser,
+    TlsListener,
+    grant_everything,
+    sasl_server_config,
+)
 
 from tests.support.ports import free_port
 
 ADMIN_PASSWORD = "admin-" + secrets.token_hex(8)
 CLIENT = ScramUser("tier3-app", "pw-" + secrets.token_hex(12))
+STRANGER = ScramUser("tier3-stranger", "pw-" + secrets.token_hex(12))
 
 
 def make_certificates(folder: Path) -> tuple[Path, Path]:
@@ -83,6 +91,7 @@ class SaslBroker:
     client: ScramUser
     tls_bootstrap: str
     ca_file: Path
+    stranger: ScramUser = STRANGER  # authenticated, granted no ACL
 
     def settings(self, **overrides: object) -> KafkaSettings:
         """Client settings that log in as the application user."""
@@ -110,10 +119,13 @@ def sasl() -> Iterator[SaslBroker]:
         port=port,
         controller_port=controller,
         heap="384m",
-        extra_config=sasl_server_config(port, controller, ADMIN_PASSWORD, [CLIENT], tls),
+        extra_config=sasl_server_config(
+            port, controller, ADMIN_PASSWORD, [CLIENT, STRANGER], tls, authorizer=True
+        ),
     )
     try:
         broker.start(timeout=120)
+        grant_everything(broker.bootstrap, ADMIN_PASSWORD, CLIENT.name)
         yield SaslBroker(broker, CLIENT, f"127.0.0.1:{tls_port}", ca_file)
     finally:
         broker.stop()
