@@ -9,15 +9,27 @@ intermediate 8192, vocab 128256, tied embeddings), each in its own process:
 - ``stock``: ``SFTTrainer(model=<path>, args=SFTConfig(max_length=2048), peft_config=...)``,
   everything else TRL's defaults (fp32 weights loaded by TRL, bf16 autocast, gradient
   checkpointing on, batch 8 padded to its longest example, no packing);
-- ``tier3``: tier3's own ``load_base`` + ``sft_config`` + ``lora_config`` (bf16 weights, no
-  LoRA dropout, padding-free BFD packing with flex_attention, no gradient checkpointing, 4
-  sequences of 2048 tokens per step). Both use the fused AdamW (``adamw_torch_fused``): it is
-  the HF Trainer's default with transformers 5, so it is not a difference between the two.
+- ``tier3``: tier3's own ``load_base`` + ``sft_config`` + ``lora_config`` and its trainer class
+  (``device_metrics.DeviceMetricsSFTTrainer``: per-step metrics read only at log steps), as
+  ``tier3 train`` runs them (bf16 weights, no LoRA dropout, padding-free BFD packing with the
+  default attention, Liger's kernels when installed, no gradient checkpointing, 4 sequences
+  of 2048 tokens per step). Both use the fused AdamW (``adamw_torch_fused``): it is the HF
+  Trainer's default with transformers 5, so it is not a difference between the two.
+
+Every run logs every 10 steps (TRL's default ``logging_steps``; a log step reads the loss on the
+host), and the clock reads at those steps, so the timed window is steps 10 to ``--steps``.
 
 ``--variant NAME:FIELD=VALUE,...`` adds a tier3 run with any TrainerSettings field changed
 (the bench's own choices too, e.g. ``logging_steps``), or any other SFTConfig field (passed
-through the ``sft`` setting, e.g. ``use_liger_kernel=true``). Each child's log lines are echoed
-as they come, prefixed with its configuration, so a stall shows where it is.
+through the ``sft`` setting, e.g. ``pad_to_multiple_of=8192``), or ``metrics=trl``: stock TRL's
+SFTTrainer class with tier3's configuration (its per-step ``.item()`` reads). The default
+before issue 14 is ``before:use_liger_kernel=false,metrics=trl,logging_nan_inf_filter=true``.
+Each child's log lines are echoed as they come, prefixed with its configuration, so a stall
+shows where it is.
+
+Also reported per run on a GPU: the host-device synchronizations per step, counted by torch
+(``torch.cuda.set_sync_debug_mode``) over two warm-up steps, and the source lines that made
+them (``syncs_where``).
 
 Reported per run: real (non-padding) tokens per second over the steps after a warm-up, MFU
 and peak GPU memory. MFU counts N = the parameters that take part in matrix products: every
@@ -51,6 +63,7 @@ import sys
 import tempfile
 import time
 import types
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +104,7 @@ def import_tier3() -> None:
     package = types.ModuleType("tier3")
     package.__path__ = []
     sys.modules["tier3"] = package
-    for layer in ("schemas", "streams", "trainers"):
+    for layer in ("schemas", "tasks", "streams", "consumers", "trainers"):
         module = types.ModuleType(f"tier3.{layer}")
         module.__path__ = [str(REPO / layer)]
         sys.modules[f"tier3.{layer}"] = module
@@ -170,6 +183,7 @@ def matmul_params(shape: dict) -> int:
 def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
     import torch
     from datasets import Dataset
+    from tier3.trainers.training.device_metrics import DeviceMetricsSFTTrainer
     from tier3.trainers.training.sft import load_base, lora_config, sft_config
     from transformers import AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
@@ -185,6 +199,38 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
                 if torch.cuda.is_available():
                     torch.cuda.synchronize()
                 self.marks.append((state.global_step, time.perf_counter(), logs["num_tokens"]))
+
+    class SyncCounter(TrainerCallback):
+        """Host-device synchronizations per step, counted by torch over two warm-up steps."""
+
+        first, steps = 2, 2
+
+        def __init__(self) -> None:
+            self.catcher: Any = None
+            self.seen: list = []
+            self.result: dict = {}
+
+        def on_step_begin(self, a, state, control, **kw):
+            if torch.cuda.is_available() and state.global_step == self.first and not self.catcher:
+                self.catcher = warnings.catch_warnings(record=True)
+                self.seen = self.catcher.__enter__()
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+
+        def on_step_end(self, a, state, control, **kw):
+            if self.catcher is not None and state.global_step == self.first + self.steps:
+                torch.cuda.set_sync_debug_mode(0)
+                self.catcher.__exit__(None, None, None)
+                self.catcher = None
+                syncs = [w for w in self.seen if "synchroniz" in str(w.message)]
+                where = collections.Counter(
+                    f"{Path(w.filename).parent.name}/{Path(w.filename).name}:{w.lineno}"
+                    for w in syncs
+                )
+                self.result = {
+                    "syncs_per_step": len(syncs) / self.steps,
+                    "syncs_where": dict(where.most_common(8)),
+                }
 
     class Profile(TrainerCallback):
         """torch.profiler over three steps after the warm-up; tables to stderr and $OUT."""
@@ -216,12 +262,14 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
     device = "cuda" if on_gpu else "cpu"
     shape = TINY if args.smoke else LLAMA_1B
     model_dir = Path(args.model_dir)
-    tier3_cfg = bench_settings(model_dir, args, overrides)
     traces = synthetic_traces(args.examples, args.seq_len, args.tokens_per_thought)
     dataset = Dataset.from_list(traces)
     out = Path(tempfile.mkdtemp(prefix=f"bench-{which}-"))
-    clock = Clock()
-    callbacks = [clock, Profile()] if args.profile else [clock]
+    clock, syncs = Clock(), SyncCounter()
+    callbacks = [clock, syncs, Profile()] if args.profile else [clock, syncs]
+    fields = {k: v for k, v in overrides.items() if k != "metrics"}
+    metrics = overrides.get("metrics", "tier3")  # the bench's own key: which trainer class
+    tier3_cfg = bench_settings(model_dir, args, fields)
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
     if which == "stock":
@@ -229,7 +277,7 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
             output_dir=str(out),
             max_length=args.seq_len,
             max_steps=args.steps,
-            logging_steps=1,
+            logging_steps=args.logging_steps,
             save_strategy="no",
             report_to="none",
             disable_tqdm=True,
@@ -255,7 +303,8 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
     else:
         model, tokenizer = load_base(tier3_cfg, device)
         config = sft_config(tier3_cfg, out, device)
-        trainer = SFTTrainer(
+        trainer_class = SFTTrainer if metrics == "trl" else DeviceMetricsSFTTrainer
+        trainer = trainer_class(
             model=model,
             args=config,
             train_dataset=dataset,
@@ -271,6 +320,10 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
             "packing": f"{resolved.packing} (bfd, padding-free, {resolved.attn_implementation})",
             "per_device_train_batch_size": resolved.per_device_train_batch_size,
             "optim": resolved.optim,
+            "use_liger_kernel": config.use_liger_kernel,
+            "pad_to_multiple_of": config.pad_to_multiple_of,
+            "logging_nan_inf_filter": config.logging_nan_inf_filter,
+            "trainer_class": trainer_class.__name__,
         }
     trainer.train()
     warm = [m for m in clock.marks if m[0] > args.warmup]
@@ -291,6 +344,7 @@ def run_one(which: str, args: argparse.Namespace, overrides: dict) -> dict:
         "mfu_4n": 4 * n * tokens_per_s / (H100_BF16_DENSE * world),
         "peak_mem_gib_rank0": peak,
         "matmul_params_N": n,
+        **syncs.result,
         "settings": described,
     }
 
@@ -309,7 +363,7 @@ def bench_settings(model_dir: Path, args: argparse.Namespace, overrides: dict) -
         "base_model": str(model_dir),
         "max_length": args.seq_len,
         "max_steps": args.steps,
-        "logging_steps": 1,
+        "logging_steps": args.logging_steps,
         "save_steps": 10**9,
         "progress": "logs",
     }
@@ -342,6 +396,7 @@ def child(
     flags = [
         "--child", which, "--model-dir", args.model_dir, "--steps", str(args.steps),
         "--warmup", str(args.warmup), "--seq-len", str(args.seq_len),
+        "--logging-steps", str(args.logging_steps),
         "--examples", str(args.examples), "--tokens-per-thought", str(args.tokens_per_thought),
         "--overrides", json.dumps(overrides or {}),
     ] + (["--smoke"] if args.smoke else []) + (["--profile"] if args.profile else [])  # fmt: skip
@@ -382,6 +437,9 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny shape on CPU, a few steps")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument(
+        "--logging-steps", type=int, default=None, help="log (and clock) every N steps (10)"
+    )
     parser.add_argument("--seq-len", type=int, default=None)
     parser.add_argument("--examples", type=int, default=None)
     parser.add_argument("--tokens-per-thought", type=int, default=80)
@@ -404,6 +462,7 @@ def main() -> int:
     args = parser.parse_args()
     args.steps = args.steps or (6 if args.smoke else 30)
     args.warmup = args.warmup if args.warmup is not None else (2 if args.smoke else 8)
+    args.logging_steps = args.logging_steps or (1 if args.smoke else 10)
     args.seq_len = args.seq_len or (256 if args.smoke else 2048)
     args.examples = args.examples or (64 if args.smoke else 1200)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -447,6 +506,8 @@ def main() -> int:
     for run in runs[2:]:
         if "tokens_per_s" in run and "tokens_per_s" in stock:
             run["speedup_vs_stock"] = run["tokens_per_s"] / stock["tokens_per_s"]
+        if "tokens_per_s" in run and "tokens_per_s" in ours:
+            run["speedup_vs_tier3"] = run["tokens_per_s"] / ours["tokens_per_s"]
     if args.nproc > 1 and "tokens_per_s" in runs[-1] and "tokens_per_s" in ours:
         summary[f"scaling_{args.nproc}gpu_vs_1gpu"] = (
             runs[-1]["tokens_per_s"] / ours["tokens_per_s"]
@@ -455,7 +516,23 @@ def main() -> int:
     print(text)
     if os.environ.get("OUT"):
         Path(os.environ["OUT"], "trainer_bench.json").write_text(text)
+    print_table(runs)
     return 0 if all("error" not in r for r in runs) else 1
+
+
+def print_table(runs: list[dict]) -> None:
+    """One line per run on stderr, last, so the end of a remote call's output holds it."""
+    sys.stdout.flush()
+    sys.stderr.write("\nrun | GPUs | tokens/s | MFU 6N | peak GiB | syncs/step\n")
+    for run in runs:
+        name = run["config"] + (f" {run['overrides']}" if run.get("overrides") else "")
+        if "error" in run:
+            sys.stderr.write(f"{name} | {run['gpus']} | error | | |\n")
+            continue
+        sys.stderr.write(
+            f"{name} | {run['gpus']} | {run['tokens_per_s']:,.0f} | {run['mfu_6n']:.1%} | "
+            f"{run['peak_mem_gib_rank0']:.1f} | {run.get('syncs_per_step', '-')}\n"
+        )
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Which teacher and student answer is a configuration change, never a code change: the provider
 names pick an implementation in ``providers``. Left unset, the teacher is Claude when
 ``ANTHROPIC_API_KEY`` is set and the offline reference teacher otherwise; the student is Ollama
-when ``TIER3_OLLAMA_HOST`` is set and the offline heuristic student otherwise. The offline
+when ``TIER3_OLLAMA_HOST`` is set (by default the real base, ``cc-widget-selector-base``, which
+``tier3 student register`` serves) and the offline heuristic student otherwise. The offline
 choices are logged plainly and written into every trace, so nobody trains on them by mistake.
 """
 
@@ -21,7 +22,9 @@ StudentProvider = Literal["ollama", "offline"]
 class CaptureSettings(BaseSettings):
     """Everything ``tier3 run capture`` needs beyond the Kafka and local settings."""
 
-    model_config = SettingsConfigDict(env_prefix="TIER3_", env_file=".env", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="TIER3_", env_file=".env", extra="ignore", populate_by_name=True
+    )
 
     group: str = Field("tier3-capture", description="Consumer group id of the capture consumers.")
     instance_id: str | None = Field(
@@ -67,7 +70,13 @@ class CaptureSettings(BaseSettings):
         None, description="ollama | offline (default: ollama if TIER3_OLLAMA_HOST is set)."
     )
     ollama_host: str | None = Field(None, description="Ollama server URL.")
-    student_model: str = Field("llama3.2:1b", description="Student model served by Ollama.")
+    student_model: str = Field(
+        "cc-widget-selector-base",
+        # TIER3_STUDENT_MODEL also names the trainer's logical model; capture's own name first.
+        validation_alias=AliasChoices("TIER3_CAPTURE_STUDENT_MODEL", "TIER3_STUDENT_MODEL"),
+        description="Student model served by Ollama (default: the untrained base, as `tier3 "
+        "student register` serves it).",
+    )
     student_timeout_s: float = Field(120.0, gt=0, description="Timeout of one student request.")
     json_output: bool = Field(True, description="Ask Ollama for JSON output (the task wants JSON).")
 

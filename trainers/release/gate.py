@@ -3,7 +3,10 @@
 Thresholds come from ``TIER3_GATE_*`` variables. The defaults are the issue's goal for the
 widget task (99% valid JSON, 90% selection agreement) plus a score-match floor; a latency
 ceiling is off unless set, because the teacher's latency is not the student's budget everywhere.
-When user ratings exist, a student the A/B test finds significantly worse never passes.
+When user ratings exist, a student the A/B test finds significantly worse never passes. When a
+student already serves, the candidate is also compared with it on the same held-out queries
+(``trainers.release.champion``: McNemar's exact test on per-query agreement) and a candidate
+worse than the serving model beyond noise never passes, however good its absolute numbers.
 
 The decision carries one reason per check, pass or fail, so the EvalReport event, the Markdown
 report and the ModelDeployed event all record why a model did or did not ship.
@@ -45,8 +48,10 @@ def decide(
     metrics: Any,  # evaluate.EvalMetrics
     thresholds: GateThresholds | None = None,
     ratings: Any = None,  # streams.ab_test.ABResult
+    champion: Any = None,  # champion.ChampionComparison
 ) -> GateDecision:
-    """Check ``metrics`` (and the A/B ratings, if any) against ``thresholds``."""
+    """Check ``metrics`` (the A/B ratings and the serving model's comparison, if any) against
+    ``thresholds``."""
     t = thresholds or GateThresholds()
     checks: list[tuple[bool, str]] = [
         (
@@ -79,6 +84,8 @@ def decide(
         checks.append(
             (not ratings.student_worse, f"A/B ratings: student not worse ({ratings.summary()})")
         )
+    if champion is not None:
+        checks.append((not champion.worse, f"champion vs challenger: {champion.summary()}"))
     reasons = [f"{'PASS' if ok else 'FAIL'}: {text}" for ok, text in checks]
     return GateDecision(
         passed=all(ok for ok, _ in checks),

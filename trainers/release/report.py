@@ -3,6 +3,12 @@
 Markdown is readable in a terminal, in a code review and rendered by any Git host; matplotlib
 draws what a picture says faster: the rates against their gate thresholds and the two latency
 distributions. ``metrics.json`` beside it holds the headline numbers for machines.
+
+A release evaluated on served models (``trainers.release.served_eval``) adds **Before and
+after**: one row per variant (the base as served, the serving model, the candidate as served,
+the teacher) on the same held-out queries, a grouped bar plot of their rates, the champion
+comparison (how far the candidate is from the serving model, and whether beyond noise), and
+``variants.json`` with the same figures for machines.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ def write_report(
     decision: Any = None,  # gate.GateDecision
     ratings: Any = None,  # streams.ab_test.ABResult
     examples_shown: int = 8,
+    served: Any = None,  # served_eval.ServedEvaluation
 ) -> Path:
     """Write ``report.md`` with its plots into ``out_dir``; return the report's path."""
     out = Path(out_dir)
@@ -48,6 +55,8 @@ def write_report(
         "",
     ]
     lines += [f"![{name}]({file})" for name, file in plots] + [""]
+    if served is not None:
+        lines += _before_after_section(served, out)
     lines += _ratings_section(ratings)
     misses = [r for r in metrics.rows if not (r.valid and r.selection_match and r.score_match)]
     lines += [
@@ -130,3 +139,63 @@ def _plots(metrics: EvalMetrics, out: Path, decision: Any) -> list[tuple[str, st
         plt.close(fig)
         made.append(("latency", "latency.png"))
     return made
+
+
+def _before_after_section(served: Any, out: Path) -> list[str]:
+    """The variants side by side; writes ``variants.json`` and ``variants.png``."""
+    names = {"base": "base (served)", "champion": "serving now", "candidate": "fine-tuned (served)",
+             "teacher": "teacher (recorded)"}
+    lines = [
+        "## Before and after (same held-out queries)",
+        "",
+        "| variant | model | JSON validity | score match | agreement | p50 ms | p95 ms "
+        "| user rating |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for v in served.variants:
+        m = v.metrics
+        rating = "-" if v.rating is None else f"{v.rating:.2f} ({v.ratings})"
+        lines.append(
+            f"| {names.get(v.role, v.role)} | `{v.model}` | {m.json_validity_rate:.1%} "
+            f"| {m.score_match_rate:.1%} | {m.selection_agreement:.1%} "
+            f"| {m.student_latency_p50_ms:.0f} | {m.student_latency_p95_ms:.0f} | {rating} |"
+        )
+    lines.append("")
+    if served.comparison is not None:
+        lines += [f"**Champion vs challenger**: {served.comparison.summary()}.", ""]
+    lines += ["![before and after](variants.png)", ""]
+    _variants_plot(served.variants, names, out / "variants.png")
+    figures = {
+        "variants": [v.as_dict() for v in served.variants],
+        "comparison": served.comparison.as_dict() if served.comparison else None,
+        "candidate": {"ollama_name": served.candidate.ollama_name,
+                      "quantization": served.candidate.quantization,
+                      "digest": served.candidate.digest},
+    }
+    (out / "variants.json").write_text(json.dumps(figures, indent=2))
+    return lines
+
+
+def _variants_plot(variants: list[Any], names: dict[str, str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("JSON validity", "json_validity_rate"), ("score match", "score_match_rate"),
+               ("agreement", "selection_agreement")]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    width = 0.8 / max(1, len(variants))
+    for i, v in enumerate(variants):
+        xs = [j + i * width for j in range(len(metrics))]
+        values = [getattr(v.metrics, key) for _, key in metrics]
+        bars = ax.bar(xs, values, width, label=names.get(v.role, v.role))
+        ax.bar_label(bars, labels=[f"{x:.0%}" for x in values], fontsize=7, padding=1)
+    ax.set_xticks([j + width * (len(variants) - 1) / 2 for j in range(len(metrics))])
+    ax.set_xticklabels([name for name, _ in metrics])
+    ax.set_ylim(0, 1.12)
+    ax.legend(fontsize=7, loc="upper left", ncol=len(variants))
+    ax.set_title("Before and after, on the same held-out queries")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -20,6 +20,9 @@ from tier3.streams.kafka.topics import STUDENT_MODEL
 from tier3.trainers.release.gate import GateThresholds
 from tier3.trainers.release.ollama_deploy import DEFAULT_NAME
 
+# The untrained base's name in Ollama; capture's default student (TIER3_CAPTURE_STUDENT_MODEL).
+BASE_NAME = "cc-widget-selector-base"
+
 
 class ReleaseSettings(BaseSettings):
     """How finished runs are evaluated and deployed (env: ``TIER3_RELEASE_<FIELD>``)."""
@@ -34,6 +37,17 @@ class ReleaseSettings(BaseSettings):
         description="Logical student model whose runs and deployments to use",
     )
     ollama_name: str = Field(DEFAULT_NAME, description="The model's name in Ollama")
+    base_name: str | None = Field(
+        BASE_NAME,
+        description="The untrained base as Ollama serves it (`tier3 student register`): the "
+        "'before' of a served evaluation, and the champion until something is deployed",
+    )
+    champion_alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Significance level of the champion comparison (McNemar exact, one-sided)",
+    )
     tolerance: float = Field(0.1, ge=0, description="Largest score difference that matches")
     schema_file: Path | None = Field(
         None, description="JSON Schema file answers must be valid against (unset: the task's)"

@@ -17,7 +17,9 @@ than schema version 3, which has no messages, is rendered with the configured ta
 (``tasks.contract.trace_messages``); the manifest counts those (``rendered_prompts``). The
 assistant turn is the teacher's thinking in ``<think>…</think>`` followed by its answer, so the
 student learns the reasoning, not only the verdict. The loss is on the assistant turn only
-(see ``sft``).
+(see ``sft``). With ``thinking=False`` (``TIER3_TRAIN_THINKING=false``) the assistant turn is the
+answer alone: sequences about a third as long, which is what lets a CPU train the real student
+in minutes (``tier3 demo`` on a machine without a GPU); the manifest records the choice.
 """
 
 from __future__ import annotations
@@ -52,10 +54,13 @@ def assistant_turn(thinking: str, answer: str) -> str:
     return f"<think>{thinking.strip()}</think>\n{answer.strip()}" if thinking.strip() else answer
 
 
-def to_messages(trace: dict[str, Any], task: Task | None = None) -> list[ChatMessage]:
-    """One example: the messages the teacher saw, then what the student learns to answer."""
+def to_messages(
+    trace: dict[str, Any], task: Task | None = None, thinking: bool = True
+) -> list[ChatMessage]:
+    """One example: the messages the teacher saw, then what the student learns to answer (the
+    teacher's thinking first unless ``thinking`` is off)."""
     prompt = trace_messages(trace, task or configured_task())
-    answer = assistant_turn(trace["teacher_thinking"], trace["teacher_answer"])
+    answer = assistant_turn(trace["teacher_thinking"] if thinking else "", trace["teacher_answer"])
     return [*prompt, ChatMessage(role="assistant", content=answer)]
 
 
@@ -74,9 +79,11 @@ def build_dataset(
     eval_share: float,
     base_model: str,
     task: Task | None = None,
+    thinking: bool = True,
 ) -> BuiltDataset:
     """The examples for ``request`` from ``traces`` (latest trace per query_id); ``task``
-    (default: the configured one) renders only traces that carry no messages."""
+    (default: the configured one) renders only traces that carry no messages; ``thinking`` off
+    trains the answer alone."""
     task = task or configured_task()
     built = BuiltDataset()
     included, excluded = [], []
@@ -91,7 +98,7 @@ def build_dataset(
             continue
         split = split_of(query_id, eval_share)
         rendered += not trace.get("teacher_messages")
-        example = {"query_id": query_id, "messages": to_messages(trace, task)}
+        example = {"query_id": query_id, "messages": to_messages(trace, task, thinking)}
         (built.eval if split == "eval" else built.train).append(example)
         included.append(
             {
@@ -108,6 +115,7 @@ def build_dataset(
         "base_model": base_model,
         "task": task.name,
         "rendered_prompts": rendered,
+        "thinking": thinking,
         "eval_share": eval_share,
         "split_rule": "sha256('tier3-eval-split:' + query_id)[:8] / 2**64 < eval_share → eval",
         "requested": len(set(request["query_ids"])),

@@ -109,7 +109,10 @@ class TrainingRun:
             raise TrainingError(
                 "dataset", f"cannot read the traces topic: {exc}", type(exc).__name__
             ) from exc
-        built = build_dataset(request, snapshot.traces, config.eval_share, config.base_model)
+        built = build_dataset(
+            request, snapshot.traces, config.eval_share, config.base_model,
+            thinking=config.thinking,
+        )
         if len(built.train) < config.min_train_examples:
             raise TrainingError(
                 "dataset",

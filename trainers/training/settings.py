@@ -23,9 +23,12 @@ dataclass fields when the SFTConfig is built (``trainers.training.sft.sft_config
 is an error that names the setting, not a silently ignored key. A flat group was chosen over a
 nested model so that every variable keeps its flat ``TIER3_TRAIN_<FIELD>`` name.
 
-Fields whose right value depends on the device (``bf16``, ``optim``, ``attn_implementation``)
-default to ``None`` and are resolved by ``resolved()`` once the device is known, so one
-configuration serves CPU tests, one GPU and several.
+Fields whose right value depends on the device (``bf16``, ``optim``, ``attn_implementation``,
+``use_liger_kernel``) default to ``None`` and are resolved by ``resolved()`` once the device is
+known, so one configuration serves CPU tests, one GPU and several. Liger's kernels (RMSNorm,
+RoPE, SwiGLU in Triton) are on by default on CUDA when liger-kernel is installed: +16% tokens/s
+for the Llama-3.2-1B shape on an H200 (issue 14); TRL 1.16 turns Liger's fused linear
+cross-entropy off itself, since its own fused LM head computes the loss in chunks.
 """
 
 from __future__ import annotations
@@ -73,6 +76,11 @@ class SFTArguments(BaseModel):
     )
     packing: bool = Field(True, description="Pack examples into padding-free sequences.")
     bf16: bool | None = Field(None, description="bf16 mixed precision (unset: on where supported).")
+    use_liger_kernel: bool | None = Field(
+        None,
+        description="Liger's Triton kernels for RMSNorm, RoPE and SwiGLU (unset: on when training "
+        "on CUDA with liger-kernel installed; TRL keeps its own fused LM head and loss).",
+    )
 
     # Checkpoints and logs
     logging_steps: int = Field(10, ge=1, description="Log loss and progress every this many steps.")
@@ -107,6 +115,11 @@ class TrainerSettings(SFTArguments, BaseSettings):
     )
     min_train_examples: int = Field(
         8, ge=1, description="Below this many training examples a run fails instead of training."
+    )
+    thinking: bool = Field(
+        True,
+        description="Teach the teacher's thinking before its answer; off: the answer alone "
+        "(a third of the tokens: what a CPU can train in minutes).",
     )
     eval_share: float = Field(
         0.1, ge=0.0, lt=1.0, description="Share of query_ids held out for evaluation, by hash."
@@ -168,9 +181,24 @@ class TrainerSettings(SFTArguments, BaseSettings):
             bf16 = on_gpu and _cuda_bf16_supported()
         optim = self.optim or ("adamw_torch_fused" if on_gpu else "adamw_torch")
         attention = self.attn_implementation or DEFAULT_ATTENTION
+        liger = self.use_liger_kernel
+        if liger is None:
+            liger = on_gpu and liger_kernel_installed()
         return self.model_copy(
-            update={"bf16": bf16, "optim": optim, "attn_implementation": attention}
+            update={
+                "bf16": bf16,
+                "optim": optim,
+                "attn_implementation": attention,
+                "use_liger_kernel": liger,
+            }
         )
+
+
+def liger_kernel_installed() -> bool:
+    """Whether liger-kernel can be imported (the ``train`` extra has it on Linux)."""
+    import importlib.util
+
+    return importlib.util.find_spec("liger_kernel") is not None
 
 
 def _cuda_bf16_supported() -> bool:

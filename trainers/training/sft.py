@@ -9,8 +9,17 @@ The choices, and why:
 - Packing (TRL's best-fit-decreasing, which is padding-free: one flat sequence per batch with
   ``position_ids`` restarting per example) keeps every token of a batch useful. Transformers
   turns packed ``position_ids`` into a block-diagonal mask, so examples never attend to each
-  other (a test checks it); on GPU ``flex_attention`` skips the masked-out blocks, which
-  ``sdpa`` would compute. No extra kernel package is needed.
+  other (a test checks it). ``sdpa`` computes every block of that mask; ``flex_attention``
+  skips the masked-out ones, but compiles its block mask and kernels for each new shape, so
+  with flex every packed batch is padded to one length (``per_device_train_batch_size`` x
+  ``max_length``) and compiles once: never the per-length recompiles that stalled a GPU run
+  (docs/gpu.md). The padding is a token or two per cent of a BFD-packed batch.
+- Liger's RMSNorm, RoPE and SwiGLU kernels on CUDA when liger-kernel is installed
+  (``use_liger_kernel``, resolved in ``settings``); TRL keeps its own fused LM head.
+- The per-step metrics stay on the GPU (``device_metrics``): no host read mid-step, and the
+  HF Trainer's NaN filter (a read of the loss after every step) is off: a NaN loss shows as NaN
+  in the logs instead of being replaced by the running mean. Evaluation asks for the loss only,
+  not the logits TRL would recompute for ``compute_metrics`` (tier3 has none).
 - bf16 and the fused AdamW on GPU; fp32 on CPU (tests). Gradient checkpointing only when asked:
   for a 1B base at 2048 tokens the activations fit an H100, and recomputing them costs ~30%.
 - Checkpoints every ``save_steps`` go to the run's local folder and, through a callback, to
@@ -85,8 +94,19 @@ def sft_config(settings: TrainerSettings, output_dir: Path, device: str | None =
         "disable_tqdm": True,  # our own progress callback, a bar or log lines
         "dataloader_pin_memory": not on_cpu,
         "ddp_find_unused_parameters": False,
+        "logging_nan_inf_filter": False,  # a host read of the loss after every step
+        "prediction_loss_only": True,  # eval_loss only: no logits recomputed for metrics
+        **_one_length_for_flex(cfg),
     }
     return SFTConfig(**fixed | cfg.sft_arguments() | _checked_extras(SFTConfig, cfg.sft))
+
+
+def _one_length_for_flex(cfg: TrainerSettings) -> dict[str, Any]:
+    """With flex_attention and padding-free packing, pad every batch to one length, so that
+    flex's block mask and kernels are compiled once rather than for each packed length."""
+    if cfg.attn_implementation != "flex_attention" or not cfg.packing:
+        return {}
+    return {"pad_to_multiple_of": cfg.per_device_train_batch_size * cfg.max_length}
 
 
 def _checked_extras(config_class: type, extras: dict[str, Any]) -> dict[str, Any]:
@@ -166,34 +186,36 @@ def train(
     artifacts: RunArtifacts | None = None,
     resume_from: Path | None = None,
     merge: bool | None = None,
+    callbacks: list[Any] | None = None,
 ) -> SFTOutcome:
     """Fine-tune the base on ``built``; return the adapter (and merged weights) saved locally.
 
-    ``merge`` overrides ``config.merge_weights`` for one call.
+    ``merge`` overrides ``config.merge_weights`` for one call; ``callbacks`` are added to the
+    HF Trainer's (e.g. a benchmark's clock).
     """
     import torch
     from datasets import Dataset
+    from tier3.trainers.training.device_metrics import DeviceMetricsSFTTrainer
     from transformers.trainer_callback import PrinterCallback
-    from trl import SFTTrainer
 
     device = device_type()
     model, tokenizer = load_base(config, device)
-    callbacks: list[Any] = [progress_callback(config.progress), LossHistory()]
+    hooks: list[Any] = [progress_callback(config.progress), LossHistory(), *(callbacks or [])]
     if artifacts is not None:
-        callbacks.append(CheckpointUploader(artifacts))
+        hooks.append(CheckpointUploader(artifacts))
     train_set = Dataset.from_list([{"messages": e["messages"]} for e in built.train])
     eval_set = (
         Dataset.from_list([{"messages": e["messages"]} for e in built.eval]) if built.eval else None
     )
     try:
-        trainer = SFTTrainer(
+        trainer = DeviceMetricsSFTTrainer(
             model=model,
             args=sft_config(config, output_dir, device),
             train_dataset=train_set,
             eval_dataset=eval_set,
             processing_class=tokenizer,
             peft_config=lora_config(config),
-            callbacks=callbacks,
+            callbacks=hooks,
         )
         # disable_tqdm makes the Trainer print raw log dicts instead; our callback reports.
         trainer.remove_callback(PrinterCallback)
