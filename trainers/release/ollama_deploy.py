@@ -8,9 +8,14 @@ Design choices:
   (k-quants work on rows of 256 values: a tensor whose rows are not a multiple of 256 is kept
   at a type Ollama chooses; real students have such dimensions, the tiny test student is built
   with them.)
-- **The template travels with the model**: the student was trained with a Llama-3-style chat
-  template, so the Ollama model gets the same layout as a Go template, the end-of-turn token as
-  its stop word and temperature 0 (the widget task wants the answer, not variety).
+- **The template travels with the model**: Ollama formats chat requests with a Go template, so
+  the model gets the layout of the chat template it was trained with, read from the GGUF
+  (``serving_template``): ChatML for SmolLM2 (with its default system line, as its Jinja
+  template writes it when no system message comes), Llama-3 for the tiny test student; the
+  end-of-turn token is its stop word, temperature 0 and no repeat penalty (the widget task
+  wants the answer, not variety, and the served model must decode as it was evaluated).
+  ``trainers.release.served_check`` proves both by comparing Ollama's chat replies with
+  transformers' ``apply_chat_template`` + greedy ``generate``.
 - **Digest**: ModelDeployed records the digest of the model layer Ollama serves (the quantized
   GGUF blob, ``sha256:…``), read back from ``show``; the router and operators can check that
   the model answering is the one that passed the gate.
@@ -44,7 +49,27 @@ LLAMA3_TEMPLATE = (
     "{{ .Content }}<|eot_id|>{{- end }}"
     "<|start_header_id|>assistant<|end_header_id|>\n\n"
 )
-LLAMA3_PARAMETERS: dict[str, Any] = {"stop": ["<|eot_id|>", "<|end_of_text|>"], "temperature": 0}
+# Greedy, as the evaluation decodes: temperature 0 and no repeat penalty (Ollama's default,
+# 1.1, changed SmolLM2's 10th token on a short prompt: the served model was not the evaluated
+# one).
+GREEDY: dict[str, Any] = {"temperature": 0, "repeat_penalty": 1.0}
+LLAMA3_PARAMETERS: dict[str, Any] = {"stop": ["<|eot_id|>", "<|end_of_text|>"], **GREEDY}
+
+# ChatML (SmolLM2, Qwen, ...). BOS is not added (``add_bos_token`` is false in such files).
+_CHATML_TURNS = (
+    "{{- range .Messages }}<|im_start|>{{ .Role }}\n{{ .Content }}<|im_end|>\n{{ end }}"
+    "<|im_start|>assistant\n"
+)
+CHATML_TEMPLATE = _CHATML_TURNS
+# SmolLM2-Instruct's Jinja template adds a system line when the first message is not one.
+SMOLLM2_TEMPLATE = (
+    '{{- if or (not .Messages) (ne (index .Messages 0).Role "system") }}<|im_start|>system\n'
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n{{ end }}"
+    + _CHATML_TURNS
+)
+CHATML_PARAMETERS: dict[str, Any] = {"stop": ["<|im_end|>", "<|endoftext|>"], **GREEDY}
+
+AUTO = "auto"  # ``register``'s template: the one that matches the GGUF's chat template
 
 _BLOB = re.compile(r"sha256[-:]([0-9a-f]{64})")
 
@@ -66,11 +91,14 @@ def register(
     ollama_name: str = DEFAULT_NAME,
     *,
     quantize: str | None = QUANTIZATION,
-    template: str | None = LLAMA3_TEMPLATE,
+    template: str | None = AUTO,
     parameters: dict[str, Any] | None = None,
 ) -> Registered:
     """Create ``ollama_name`` in the Ollama server behind ``client`` from an F16 GGUF file."""
     path = Path(gguf_path)
+    if template == AUTO:
+        template, detected = serving_template(path)
+        parameters = detected if parameters is None else parameters
     blob = client.create_blob(path)
     started = time.perf_counter()
     client.create(
@@ -92,6 +120,20 @@ def register(
         seconds=round(time.perf_counter() - started, 1),
     )
     return Registered(ollama_name, digest, level)
+
+
+def serving_template(gguf_path: str | Path) -> tuple[str, dict[str, Any]]:
+    """Ollama's Go template and parameters for the chat template inside ``gguf_path``."""
+    import gguf
+    from tier3.trainers.training.student_base import SMOLLM2_CHAT_TEMPLATE
+
+    field = gguf.GGUFReader(str(gguf_path)).fields.get("tokenizer.chat_template")
+    jinja = field.contents() if field is not None else ""
+    if jinja == SMOLLM2_CHAT_TEMPLATE:
+        return SMOLLM2_TEMPLATE, CHATML_PARAMETERS
+    if "<|im_start|>" in jinja:
+        return CHATML_TEMPLATE, CHATML_PARAMETERS
+    return LLAMA3_TEMPLATE, LLAMA3_PARAMETERS
 
 
 def served_digest(modelfile: str) -> str:
