@@ -119,6 +119,30 @@ def test_a_bad_setting_names_its_variable() -> None:
     assert_one_line(done, USAGE, "TIER3_SAMPLE_RATE")
 
 
+# -- topics that were never created ------------------------------------------------------------
+
+NEEDS_A_TOPIC = [
+    (["replay", "recapture"], "capture-jobs"),
+    (["replay", "resample"], "experiences"),
+    (["replay", "dead-letters", "traces"], "traces.dlq"),
+    (["traces", "delete", "--query-id", "q-1"], "traces"),
+    (["groups", "reset", "g-1", "--topic", "traces", "--to-earliest"], "traces"),
+    (["groups", "list"], ""),
+    (["groups", "lag"], ""),
+]
+
+
+@pytest.mark.parametrize(("command", "topic"), NEEDS_A_TOPIC, ids=lambda c: " ".join(c))
+def test_a_topic_never_created_is_named_with_the_command_that_creates_it(
+    kafka: KafkaSettings, command: list[str], topic: str
+) -> None:
+    prefix = f"never-{kafka.topic_prefix}"
+    env = {"TIER3_BOOTSTRAP_SERVERS": kafka.bootstrap_servers, "TIER3_TOPIC_PREFIX": prefix}
+    done = tier3(*command, **env)
+    line = assert_one_line(done, TOPIC_MISSING, prefix + topic, "tier3 topics create")
+    assert "TIER3_TOPIC_PREFIX" in line and done.stdout == ""
+
+
 # -- SASL --------------------------------------------------------------------------------------
 
 

@@ -14,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
+from tier3.streams.kafka.errors import TopicMissing
 from tier3.streams.kafka.events import consumer
 from tier3.streams.kafka.settings import KafkaSettings
-from tier3.streams.kafka.topics import CAPTURE_JOBS
+from tier3.streams.kafka.topics import CAPTURE_JOBS, create_named_topics, expected_topics
 from tier3.streams.local.kafka_broker import LocalBroker
 from tier3.streams.ops.consumer_groups import ConsumerGroups, GroupError
 
@@ -97,7 +98,13 @@ def test_list_shows_only_groups_on_this_prefix(
     consumed: tuple[KafkaSettings, str], broker: LocalBroker
 ) -> None:
     _, group = consumed
-    other = KafkaSettings(bootstrap_servers=broker.bootstrap, topic_prefix="someone-else.")
+    other = KafkaSettings(
+        bootstrap_servers=broker.bootstrap, topic_prefix=f"someone-else-{uuid.uuid4().hex[:8]}."
+    )
+    with pytest.raises(TopicMissing):  # no topic of that deployment: not "no groups"
+        ConsumerGroups(other).list()
+    spec = next(s for s in expected_topics(other) if s.name == CAPTURE_JOBS)
+    create_named_topics(other, {other.topic(CAPTURE_JOBS): spec})
     assert group not in {g.group for g in ConsumerGroups(other).list()}
     assert group in {g.group for g in ConsumerGroups(other).list(include_all=True)}
 

@@ -37,7 +37,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AclOperation, AdminClient
 from tier3.streams.kafka import offsets
-from tier3.streams.kafka.errors import NotAuthorized, OperatorError
+from tier3.streams.kafka.errors import NotAuthorized, OperatorError, TopicMissing
 from tier3.streams.kafka.offsets import Partition
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import expected_topics
@@ -214,10 +214,15 @@ class ConsumerGroups:
 
         ``NotAuthorized`` if the principal may not describe a design topic: the offsets on it,
         which make a group one of ours, would be hidden, and the list would read "none".
+        ``TopicMissing`` if no design topic exists: a wrong prefix, not "no groups".
         """
-        offsets.existing_topics(
-            self.admin, [self.settings.topic(s.name) for s in expected_topics(self.settings)]
-        )
+        if not include_all:
+            names = [self.settings.topic(s.name) for s in expected_topics(self.settings)]
+            if not offsets.existing_topics(self.admin, names):
+                raise TopicMissing(
+                    f"no topic of this deployment exists (prefix {self.settings.topic_prefix!r}); "
+                    "run `tier3 topics create`, and check TIER3_TOPIC_PREFIX"
+                )
         groups = self.all_group_ids()
         if not groups:
             return []
