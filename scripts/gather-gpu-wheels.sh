@@ -8,7 +8,9 @@
 # downloads those wheels here, for CPython 3.12 on manylinux x86-64 (the machine's python3), at
 # the versions of this checkout's .venv (what CI tests), into .whl/. It also puts the student
 # base there in parts: the SmolLM2-135M GGUF is 98 MB and one call carries at most 64 MiB, so
-# it travels in two calls and is joined on the machine (docs/gpu.md has the calls).
+# it travels in two calls and is joined on the machine (docs/gpu.md has the calls). And it puts
+# the Ollama binary built here (scripts/build-ollama.sh) into .ollama/, stripped of its debug
+# symbols and gzipped (76 MB -> 13 MB), for bench/flywheel_gpu.py: it carries in one call.
 #
 # Usage: scripts/gather-gpu-wheels.sh      (then follow docs/gpu.md)
 set -euo pipefail
@@ -23,9 +25,10 @@ names=(
     trl datasets dill multiprocess gguf structlog regex
     pydantic pydantic-core pydantic-settings python-dotenv annotated-types typing-inspection
     fastavro confluent-kafka cramjam pytz
+    liger-kernel ollama
 )
 
-for ignored in "/$wheels/" "/$parts-1/" "/$parts-2/"; do
+for ignored in "/$wheels/" "/$parts-1/" "/$parts-2/" "/.ollama/"; do
     grep -qxF "$ignored" .git/info/exclude 2>/dev/null || echo "$ignored" >> .git/info/exclude
 done
 
@@ -53,5 +56,14 @@ tail -c +"$(( first + 1 ))" "$gguf" > "$parts-2/student.gguf.part2"
 sha256sum "$gguf" | cut -d' ' -f1 > "$parts-2/student.gguf.sha256"
 basename "$gguf" > "$parts-2/student.gguf.name"
 
-du -sh "$wheels" "$parts-1" "$parts-2" >&2
+# Ollama for the flywheel's turn (bench/flywheel_gpu.py --ollama .ollama/ollama.gz).
+ollama=${TIER3_OLLAMA_BIN:-$HOME/.cache/tier3/ollama-v0.17.4/bin/ollama}
+if [[ -x "$ollama" ]]; then
+    rm -rf .ollama && mkdir -p .ollama
+    strip -o .ollama/ollama "$ollama" && gzip -6 .ollama/ollama
+else
+    echo "no Ollama binary at $ollama: run scripts/build-ollama.sh for the flywheel's turn" >&2
+fi
+
+du -sh "$wheels" "$parts-1" "$parts-2" .ollama >&2
 echo "carry $parts-1 in the first call, $wheels and $parts-2 in the second (docs/gpu.md)" >&2
