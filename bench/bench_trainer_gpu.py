@@ -62,7 +62,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import types
 import warnings
 from pathlib import Path
 from typing import Any
@@ -101,14 +100,14 @@ def import_tier3() -> None:
         return
     except ImportError:
         pass
-    package = types.ModuleType("tier3")
-    package.__path__ = []
-    sys.modules["tier3"] = package
-    for layer in ("schemas", "tasks", "streams", "consumers", "trainers"):
-        module = types.ModuleType(f"tier3.{layer}")
-        module.__path__ = [str(REPO / layer)]
-        sys.modules[f"tier3.{layer}"] = module
-        setattr(package, layer, module)
+    # A folder holding a ``tier3`` link to this checkout, so each layer imports as a real
+    # package (its __init__ runs: ``from tier3.schemas import DecodeError`` needs it).
+    link_root = Path(tempfile.mkdtemp(prefix="tier3-path-"))
+    (link_root / "tier3").symlink_to(REPO, target_is_directory=True)
+    sys.path.insert(0, str(link_root))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        filter(None, [str(link_root), os.environ.get("PYTHONPATH")])
+    )  # the children (bench runs, torchrun) import it too
 
 
 # -- data -----------------------------------------------------------------------------------------
