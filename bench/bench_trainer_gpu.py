@@ -412,7 +412,13 @@ def child(
     lines = [line for line in stdout.splitlines() if line.startswith("{")]
     if returncode != 0 or not lines:
         return {"config": which, "gpus": nproc, "overrides": overrides, "error": stderr_tail}
-    return json.loads(lines[-1])
+    result = json.loads(lines[-1])
+    # Each run's numbers as soon as it ends: a call cut off at its limit still has them.
+    brief = {k: result.get(k) for k in ("tokens_per_s", "mfu_6n", "peak_mem_gib_rank0")}
+    sys.stderr.write(
+        f"[{which}/{nproc}] result {json.dumps(overrides or {})} {json.dumps(brief)}\n"
+    )
+    return result
 
 
 def stream(command: list[str], env: dict, label: str) -> tuple[int, str, str]:
