@@ -492,6 +492,7 @@ def main() -> int:
             runs.append(child("tier3", args, args.nproc))
     if args.only:
         print(json.dumps(runs, indent=2))
+        print_table(runs)
         return 0 if all("error" not in r for r in runs) else 1
     stock, ours = runs[0], runs[1]
     summary = {
