@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -55,6 +58,43 @@ def test_broker_down_publish_returns_and_failure_is_reported() -> None:
     assert publisher.stats.delivered == 0
     assert publisher.stats.last_error
     assert any(e["event"] == "event not delivered" for e in logs)
+
+
+_BACKEND = """
+import sys, time
+{logging}
+from tier3.streams.backend.publisher import Publisher, PublisherConfig
+from tier3.streams.kafka.settings import KafkaSettings
+settings = KafkaSettings(bootstrap_servers=sys.argv[1], topic_prefix="down.")
+publisher = Publisher(settings, PublisherConfig(delivery_timeout_ms=1500), enabled=True)
+publisher.publish_feedback({feedback!r})
+time.sleep(1.0)  # librdkafka reports the refused connection, over and over
+publisher.close(timeout=5)
+"""
+
+
+@pytest.mark.parametrize("configured", [False, True], ids=["no-logging", "basicConfig"])
+def test_a_backend_that_configures_no_logging_hears_nothing_from_tier3(configured: bool) -> None:
+    """A library must not print on its own: with the broker down, a program that set up no
+    logging prints nothing (no warning from librdkafka through Python's last-resort handler, no
+    structlog line on stdout); one that calls logging.basicConfig() gets both in its own log."""
+    code = _BACKEND.format(
+        logging="import logging; logging.basicConfig()" if configured else "",
+        feedback=SAMPLES["Feedback"],
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TIER3_")}
+    done = subprocess.run(
+        [sys.executable, "-c", code, f"127.0.0.1:{free_port()}"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    if not configured:
+        assert (done.stdout, done.stderr) == ("", "")
+    else:
+        assert done.stdout == ""
+        assert "tier3.librdkafka" in done.stderr and "Connection refused" in done.stderr
+        assert "WARNING:tier3.publisher:kafka client error" in done.stderr
+        assert "ERROR:tier3.publisher:event not delivered" in done.stderr
 
 
 def test_full_buffer_drops_counts_and_logs_without_blocking() -> None:

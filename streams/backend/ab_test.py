@@ -22,7 +22,6 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-import structlog
 from tier3.schemas import DecodeError
 from tier3.schemas.codec import Record
 from tier3.schemas.registry import EXPERIENCE, FEEDBACK
@@ -33,8 +32,9 @@ from tier3.streams.kafka.reader import read_to_end
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import EXPERIENCES
 from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC
+from tier3.streams.telemetry.logs import library_logger
 
-log = structlog.get_logger("tier3.ab_test")
+log = library_logger("tier3.ab_test")  # silent unless the backend configures logging
 
 __all__ = ["FALLBACK", "STUDENT", "TEACHER", "ABResult", "compare", "guard_once"]
 

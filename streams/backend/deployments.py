@@ -22,7 +22,6 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-import structlog
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 from tier3.schemas import DecodeError
 from tier3.schemas.codec import Record
@@ -31,8 +30,9 @@ from tier3.streams.kafka.events import EventProducer, codec_of
 from tier3.streams.kafka.reader import read_to_end
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import TRAINING_RESULTS
+from tier3.streams.telemetry.logs import library_logger
 
-log = structlog.get_logger("tier3.deployments")
+log = library_logger("tier3.deployments")  # silent unless the backend configures logging
 
 REASON_HEADER = "tier3-reason"
 

@@ -31,7 +31,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import structlog
 from confluent_kafka import KafkaError, Message, Producer
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import REGISTRY, Collector
@@ -41,8 +40,9 @@ from tier3.schemas.registry import EXPERIENCE, FEEDBACK
 from tier3.streams.kafka.settings import CaptureSwitch, KafkaSettings
 from tier3.streams.kafka.topics import EXPERIENCES
 from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC
+from tier3.streams.telemetry.logs import library_logger
 
-log = structlog.get_logger("tier3.publisher")
+log = library_logger("tier3.publisher")  # silent unless the backend configures logging
 
 _TOPIC_OF_EVENT = {EXPERIENCE: EXPERIENCES, FEEDBACK: FEEDBACK_TOPIC}
 

@@ -38,7 +38,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
-import structlog
 from prometheus_client import Counter
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -46,10 +45,11 @@ from tier3.schemas.codec import Record
 from tier3.streams.backend.deployments import DeploymentWatcher
 from tier3.streams.backend.publisher import Publisher
 from tier3.streams.kafka.topics import STUDENT_MODEL
+from tier3.streams.telemetry.logs import library_logger
 from tier3.tasks.contract import ChatMessage, Task, split_system
 from tier3.tasks.registry import configured_task
 
-log = structlog.get_logger("tier3.router")
+log = library_logger("tier3.router")  # silent unless the backend configures logging
 
 TEACHER, STUDENT, FALLBACK = "teacher", "student", "student-fallback"
 

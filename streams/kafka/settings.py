@@ -7,7 +7,6 @@ data under ``.tier3/`` in the working directory, offline providers. Production d
 
 from __future__ import annotations
 
-import logging
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
@@ -15,8 +14,9 @@ from typing import Any, Literal
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tier3.streams.kafka.errors import UsageError
+from tier3.streams.telemetry.logs import LIBRARY_ROOT
 
-LIBRDKAFKA_LOG = logging.getLogger("tier3.librdkafka")
+LIBRDKAFKA_LOG = LIBRARY_ROOT.getChild("librdkafka")  # silent unless the program logs
 
 
 def _read_secret_file(path: str | None) -> SecretStr | None:
