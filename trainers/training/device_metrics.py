@@ -52,7 +52,10 @@ class DeviceMetricsSFTTrainer(SFTTrainer):
             and self.label_smoother is None
             and self.args.loss_type == "nll"
             and not self.aux_loss_enabled
-            and (parallel is None or (not parallel.sp_enabled and parallel.tp_size == 1))
+            and (
+                parallel is None
+                or not (parallel.sp_enabled or parallel.tp_enabled or parallel.cp_enabled)
+            )
         )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
