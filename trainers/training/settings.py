@@ -18,7 +18,7 @@ fields that make a CPU run small (``max_steps``, batch size, the base model).
 stated once: here, with its default, description and variable. Two fields carry TRL's name and
 keep tier3's older variable as a second alias (``max_length``: ``TIER3_TRAIN_MAX_SEQ_LENGTH``;
 ``warmup_steps``: ``TIER3_TRAIN_WARMUP_RATIO``). Any other SFTConfig field can be set through
-``sft`` (``TIER3_TRAIN_SFT='{"use_liger_kernel": true}'``), checked against SFTConfig's
+``sft`` (``TIER3_TRAIN_SFT='{"lr_scheduler_type": "linear"}'``), checked against SFTConfig's
 dataclass fields when the SFTConfig is built (``trainers.training.sft.sft_config``), so a typo
 is an error that names the setting, not a silently ignored key. A flat group was chosen over a
 nested model so that every variable keeps its flat ``TIER3_TRAIN_<FIELD>`` name.
