@@ -353,7 +353,7 @@ def bench_settings(model_dir: Path, args: argparse.Namespace, overrides: dict) -
 
     A key that is a TrainerSettings field overrides it (the bench's own choices too:
     ``logging_steps``, ``max_length``, ``max_steps``, ...); any other key is passed to TRL's
-    SFTConfig through the ``sft`` setting (e.g. ``use_liger_kernel=true``), which refuses a key
+    SFTConfig through the ``sft`` setting (e.g. ``pad_to_multiple_of=8192``), which refuses a key
     SFTConfig does not have.
     """
     from tier3.trainers.training.settings import TrainerSettings
