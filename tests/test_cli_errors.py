@@ -104,6 +104,21 @@ def test_a_reversed_offset_window_is_refused() -> None:
     assert_one_line(done, USAGE, "--from-offset 50", "--to-offset 10")
 
 
+@pytest.mark.parametrize(
+    ("command", "flag"),
+    [
+        (["replay", "resample", "--since", "yesterday"], "--since 'yesterday'"),
+        (["replay", "recapture", "--until", "2026-13-45"], "--until '2026-13-45'"),
+        (["groups", "reset", "g-1", "--to-datetime", "noon"], "--to-datetime 'noon'"),
+        (["groups", "reset", "g-1", "--by-duration", "a while"], "--by-duration 'a while'"),
+    ],
+    ids=lambda c: " ".join(c) if isinstance(c, list) else "",
+)
+def test_a_time_that_cannot_be_read_names_its_flag(command: list[str], flag: str) -> None:
+    done = tier3(*command, TIER3_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
+    assert_one_line(done, USAGE, flag)
+
+
 def test_an_unknown_partition_is_named(kafka: KafkaSettings) -> None:
     done = tier3(
         "replay", "recapture", "--partition", "1", "--partition", "42",

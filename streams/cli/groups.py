@@ -13,8 +13,8 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 from tier3.streams.cli.output import JsonOpt, fail, out, print_json
-from tier3.streams.cli.times import parse_duration, parse_time
 from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
+from tier3.streams.ops.replay_window import parse_duration, parse_time
 
 groups_app = typer.Typer(
     help="List tier3's consumer groups, show their lag, and reset their offsets (dry run first).",
@@ -178,14 +178,15 @@ def groups_reset(
     else:
         if by_duration and to_datetime:
             raise fail("choose one of --to-datetime and --by-duration")
+        when = parse_time(to_datetime, "--to-datetime") if to_datetime else None
         if by_duration:
-            to_datetime = (datetime.now(UTC) - parse_duration(by_duration)).isoformat()
+            when = datetime.now(UTC) - parse_duration(by_duration, "--by-duration")
         plan = groups.plan_reset(
             group,
             topics=topic,
             to_earliest=to_earliest,
             to_latest=to_latest,
-            to_datetime=parse_time(to_datetime) if to_datetime else None,
+            to_datetime=when,
             shift_by=shift_by,
             to_offset=to_offset,
         )

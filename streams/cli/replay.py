@@ -12,7 +12,6 @@ import typer
 from rich.table import Table
 from tier3.streams.cli.output import JsonOpt, console, out, print_json
 from tier3.streams.cli.settings_options import settings_options
-from tier3.streams.cli.times import parse_time
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import CAPTURE_JOBS as CAPTURE_JOBS_TOPIC
 from tier3.streams.kafka.topics import DLQ_SUFFIX
@@ -61,11 +60,11 @@ def _window(
     to_offset: int | None,
     partition: list[int] | None,
 ) -> Any:
-    from tier3.streams.ops.replay import Window
+    from tier3.streams.ops.replay_window import Window, parse_time
 
     return Window(
-        since=parse_time(since) if since else None,
-        until=parse_time(until) if until else None,
+        since=parse_time(since, "--since") if since else None,
+        until=parse_time(until, "--until") if until else None,
         from_offset=from_offset,
         to_offset=to_offset,
         partitions=tuple(partition) if partition else None,

@@ -4,13 +4,19 @@ A window is a time range (``since`` <= timestamp < ``until``, found with the bro
 offsets-for-times index), an offset range (``from_offset`` <= offset < ``to_offset``), or both,
 on every partition or only the ones named. ``resolve`` turns it into one offset range per
 partition as the broker has them now, so the window's end is fixed when the replay starts.
+
+Points in time and durations as operators write them (``--since``/``--until`` here,
+``groups reset --to-datetime``/``--by-duration`` for a group's offsets) are read here too
+(``parse_time``, ``parse_duration``): a wrong one is a ``UsageError`` naming its flag, one line
+and exit code 2 like every other bad window, not a usage box.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from confluent_kafka.admin import AdminClient
@@ -25,6 +31,33 @@ class ReplayError(OperatorError, RuntimeError):
 
 class WindowError(UsageError, ReplayError):
     """A window that cannot be right (reversed, negative, unknown partitions); exit code 2."""
+
+
+def parse_time(text: str, flag: str) -> datetime:
+    """ISO 8601 (``2026-01-01T12:00``, ``...Z``, with an offset) or milliseconds since the epoch;
+    a naive time means UTC."""
+    if text.isdigit():
+        return datetime.fromtimestamp(int(text) / 1000, UTC)
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"{flag} {text!r} is neither an ISO 8601 datetime nor milliseconds since the epoch"
+        ) from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def parse_duration(text: str, flag: str) -> timedelta:
+    """``90s``, ``15m``, ``2h``, ``1d``, or an ISO 8601 duration such as ``PT1H30M`` / ``P1D``."""
+    simple = re.fullmatch(r"(\d+)([smhd])", text.strip())
+    if simple:
+        unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[simple.group(2)]
+        return timedelta(**{unit: int(simple.group(1))})
+    iso = re.fullmatch(r"P(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+)S)?)?", text.strip())
+    if iso and any(iso.groups()):
+        days, hours, minutes, seconds = (int(g or 0) for g in iso.groups())
+        return timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+    raise UsageError(f"{flag} {text!r} is not a duration such as 15m, 2h, 1d or PT1H30M")
 
 
 @dataclass(frozen=True)
