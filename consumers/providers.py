@@ -235,11 +235,13 @@ class OllamaProvider:
         timeout_s: float = 120.0,
         max_connections: int = 1000,
         answer_schema: dict[str, Any] | None = None,
+        max_tokens: int | None = None,
     ) -> None:
         self.model = model
         self.json_output = json_output
         self.answer_schema = answer_schema
         self.think = think
+        self.max_tokens = max_tokens  # Ollama's num_predict: a rambling model stops here
         limits = httpx.Limits(max_connections=max_connections,
                               max_keepalive_connections=max_connections)
         self.client = ollama.AsyncClient(
@@ -254,7 +256,8 @@ class OllamaProvider:
             messages=list(question.messages),
             format=response_format,
             think=self.think or None,
-            options={"temperature": 0},
+            options={"temperature": 0, **({"num_predict": self.max_tokens}
+                                           if self.max_tokens else {})},
         )
         return Answer(
             response.message.content or "",
@@ -362,7 +365,8 @@ def build_student(settings: CaptureSettings, task: Task | None = None) -> Provid
                               json_output=settings.json_output,
                               timeout_s=settings.student_timeout_s,
                               max_connections=settings.concurrency * 2,
-                              answer_schema=dict(task.answer_schema))
+                              answer_schema=dict(task.answer_schema),
+                              max_tokens=settings.student_max_tokens)
     log.warning(
         "no student configured (TIER3_OLLAMA_HOST unset): the OFFLINE baseline student "
         "stands in; every trace says student_provider=offline",

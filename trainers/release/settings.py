@@ -13,6 +13,7 @@ that decided to deploy.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -41,6 +42,11 @@ class ReleaseSettings(BaseSettings):
         BASE_NAME,
         description="The untrained base as Ollama serves it (`tier3 student register`): the "
         "'before' of a served evaluation, and the champion until something is deployed",
+    )
+    ollama_parameters: dict[str, Any] = Field(
+        default_factory=dict,
+        description='Extra Ollama model parameters for the served student, as JSON (e.g. '
+        '{"num_thread": 1}: on a small shared CPU, ggml\'s spinning threads are slower than one)',
     )
     champion_alpha: float = Field(
         0.05,
