@@ -1,8 +1,8 @@
-"""Sampler benchmark: events/s per worker, and feedback → capture job latency at 1k events/s.
+"""Sampler benchmark: events/s per worker, scale-out, and feedback → capture job latency.
 
-Run by hand against a broker (default: the local one of ``tier3 broker start``):
+Run by hand against a private broker (``tier3 broker start --home /tmp/smp/broker --port 29092``):
 
-    .venv/bin/python bench/bench_sampler.py --bootstrap 127.0.0.1:29092 --events 30000
+    .venv/bin/python bench/bench_sampler.py --bootstrap 127.0.0.1:29092 --events 20000
 
 Parts, each on its own fresh topic prefix, with one worker process (``tier3 run sampler``):
 
@@ -12,8 +12,16 @@ Parts, each on its own fresh topic prefix, with one worker process (``tier3 run 
 2. **baselines**, in the same run, on the same backlog: a Faust worker whose agent does nothing
    (what Faust itself costs), and a librdkafka consumer that reads and decodes every event (what
    reading and Avro decoding cost without Faust).
+   Also on the same backlog: **a hot path outside Faust**, the sampler's logic (decode, key
+   check, decide at the experience, the join for chosen queries) on a librdkafka consumer that
+   produces the same changelog records and jobs with a librdkafka producer: what the design
+   would give without Faust's per-record machinery.
+2b. **scale-out**: ``--workers`` (default 1 and 2) sampler processes in one group on a fresh
+   copy of the backlog; the rate is taken from the moment every worker has read an event, per
+   worker and in total. The table writes (changelog records) per event are counted too.
 3. **where the time goes**: the sampler's own per-event work timed in-process (decode, decide,
-   job encode), to set against the rates above.
+   job encode), to set against the rates above; ``--profile FILE`` also records the
+   one-worker drain with py-spy (``--py-spy PATH``), collapsed stacks in FILE.
 4. **latency** at ``--rate`` events/s for ``--seconds``: for every job decided by its feedback,
    the time from the feedback's Kafka timestamp (set when the backend published it) to the
    job's (set when the sampler produced it): p50, p99, max.
@@ -23,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import platform
 import signal
 import socket
 import subprocess
@@ -34,17 +43,18 @@ import urllib.request
 import uuid
 from pathlib import Path
 
-from confluent_kafka import Consumer
+from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
 from tier3.schemas import SingleObjectCodec
 from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE, FEEDBACK
 from tier3.streams.backend.publisher import Publisher
 from tier3.streams.demo.simulate import run_simulation, simulate
+from tier3.streams.kafka import offsets
 from tier3.streams.kafka.reader import read_to_end
 from tier3.streams.kafka.settings import KafkaSettings
-from tier3.streams.kafka.topics import CAPTURE_JOBS, EXPERIENCES, create_topics
+from tier3.streams.kafka.topics import CAPTURE_JOBS, EXPERIENCES, admin_client, create_topics
 from tier3.streams.kafka.topics import FEEDBACK as FEEDBACK_TOPIC
-from tier3.streams.processors.sampling import Policy, decide
+from tier3.streams.processors.sampling import Policy, capture_job, decide
 
 TIER3 = str(Path(sys.executable).with_name("tier3"))
 
@@ -60,9 +70,19 @@ def fresh(bootstrap: str, partitions: int) -> KafkaSettings:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct free ports (all held open while choosing, so none is chosen twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def events_read(port: int) -> float | None:
@@ -109,29 +129,123 @@ def publish_backlog(settings: KafkaSettings, queries: int, seed: int) -> int:
     return counts[EXPERIENCE] + counts[FEEDBACK]
 
 
-def timed_drain(settings: KafkaSettings, command: list[str], total: int) -> dict[str, float]:
-    """Start a worker on a published backlog; time it from its first event to the last."""
-    port = free_port()
-    process = start(settings, command, port)
+def timed_drain(
+    settings: KafkaSettings, command: list[str], total: int, workers: int = 1,
+    profile: tuple[str, str] | None = None,
+) -> dict[str, float]:
+    """Start ``workers`` workers on a published backlog; time them from the moment each has
+    read an event until all of it is read. ``profile`` = (py-spy, output file) records the
+    first worker meanwhile."""
+    ports = free_ports(workers)
+    processes = [start(settings, command, port) for port in ports]
+    spy = None
     try:
-        first_at = first_count = None
+        first_at = None
+        first: list[float] = []
         deadline = time.monotonic() + 900
         while time.monotonic() < deadline:
-            count = events_read(port) or 0
+            counts = [events_read(port) or 0 for port in ports]
             now = time.monotonic()
-            if first_at is None and count > 0:
-                first_at, first_count = now, count
-            if count >= total:
-                assert first_at is not None and first_count is not None
+            if first_at is None and all(counts):
+                first_at, first = now, counts
+                if profile:
+                    spy = subprocess.Popen(
+                        [profile[0], "record", "--idle", "--threads", "--format", "raw", "-r",
+                         "200", "-d", "12", "-o", profile[1], "-p", str(processes[0].pid)],
+                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if sum(counts) >= total and first_at is not None:
                 seconds = max(now - first_at, 1e-9)
-                rate = (total - first_count) / seconds
-                return {"events": total, "seconds": seconds, "rate": rate}
-            if process.poll() is not None:
-                raise RuntimeError(f"worker exited with {process.returncode}")
+                per_worker = [(c - f) / seconds for c, f in zip(counts, first, strict=True)]
+                return {"events": total, "seconds": seconds, "rate": sum(per_worker),
+                        "per_worker": per_worker}
+            if any(p.poll() is not None for p in processes):
+                raise RuntimeError("a worker exited")
             time.sleep(0.1)
-        raise TimeoutError("the worker did not read the backlog in 15 minutes")
+        raise TimeoutError("the workers did not read the backlog in 15 minutes")
     finally:
-        stop(process)
+        if spy is not None:
+            spy.wait(60)
+        for process in processes:
+            stop(process)
+
+
+def fresh_copy(backlog: KafkaSettings, args: argparse.Namespace) -> KafkaSettings:
+    """The same simulated backlog on a new prefix: a worker of an app that has already read
+    the first one would find its group's offsets at the end."""
+    settings = fresh(args.bootstrap, args.partitions)
+    publish_backlog(settings, args.events, args.seed)
+    return settings
+
+
+def table_writes(settings: KafkaSettings) -> int:
+    """Records the sampler wrote to its tables' changelogs (waiting and captured)."""
+    admin = admin_client(settings)
+    total = 0
+    for table in ("waiting", "captured"):
+        topic = f"{settings.topic('sampler')}-{table}-changelog"
+        marks = offsets.watermarks(admin, offsets.partitions_of(admin, topic))
+        total += sum(high - low for low, high in marks.values())
+    return total
+
+
+def hot_path_rate(settings: KafkaSettings, total: int, policy: Policy) -> dict[str, float]:
+    """The sampler's logic on a librdkafka consumer and producer, no Faust: a batched read,
+    decode and key check, decide at the experience, the join for chosen queries, and the same
+    changelog records and jobs produced (to a scratch topic) and flushed once per batch, as a
+    worker would before committing its offsets."""
+    codec = SingleObjectCodec()
+    experiences, feedback_topic = settings.topic(EXPERIENCES), settings.topic(FEEDBACK_TOPIC)
+    out = settings.topic(CAPTURE_JOBS)  # a throwaway prefix: any 6-partition topic will do
+    c = Consumer({
+        **settings.client_config(), "group.id": f"bench-{uuid.uuid4()}",
+        "auto.offset.reset": "earliest", "enable.auto.commit": False, "log_level": 0,
+    })
+    p = Producer({**settings.client_config(), "linger.ms": 5, "acks": "all"})
+    c.subscribe([experiences, feedback_topic])
+    waiting: dict[bytes, bytes] = {}
+    let_go: set[bytes] = set()
+    seen, first_at, writes = 0, None, 0
+    try:
+        while seen < total:
+            batch = c.consume(2000, 1.0)
+            if batch and first_at is None:
+                first_at = time.perf_counter()
+            batch.sort(key=lambda m: m.topic() != experiences)
+            for msg in batch:
+                if msg.error() is not None:
+                    continue
+                seen += 1
+                is_exp = msg.topic() == experiences
+                record = codec.decode(msg.value(), EXPERIENCE if is_exp else FEEDBACK).record
+                key = record["query_id"].encode()
+                if key != msg.key() or key in let_go:
+                    continue
+                held = waiting.pop(key, None)
+                if is_exp and decide(record, None, policy) is None:
+                    let_go.add(key)
+                    if held is not None:
+                        p.produce(out, None, key, partition=msg.partition())
+                        writes += 1
+                    continue
+                if held is None:
+                    waiting[key] = msg.value()
+                    p.produce(out, b"E" + msg.value(), key, partition=msg.partition())
+                    writes += 1
+                    continue
+                other = codec.decode(held).record
+                exp, fb = (record, other) if is_exp else (other, record)
+                job = capture_job(exp, fb, decide(exp, fb, policy) or "", 0)
+                p.produce(out, codec.encode(CAPTURE_JOB, job), key, partition=msg.partition())
+                p.produce(out, None, key, partition=msg.partition())  # waiting tombstone
+                p.produce(out, b"M" * 28, key, partition=msg.partition())  # captured marker
+                writes += 2
+            p.poll(0)
+            p.flush(30)  # before the batch's offsets could be committed
+        seconds = time.perf_counter() - (first_at or time.perf_counter())
+        return {"events": seen, "seconds": seconds, "rate": seen / max(seconds, 1e-9),
+                "writes": writes}
+    finally:
+        c.close()
 
 
 def librdkafka_decode_rate(settings: KafkaSettings, total: int) -> dict[str, float]:
@@ -215,43 +329,84 @@ def latency(settings: KafkaSettings, rate: float, seconds: float, seed: int) -> 
             "p99_ms": pct(0.99), "max_ms": float(delays[-1])}
 
 
+def load() -> str:
+    """The box's load averages (1, 5, 15 min): the benches run on a shared 2-core machine."""
+    return " ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--bootstrap", default="127.0.0.1:9092")
+    parser.add_argument("--bootstrap", default="127.0.0.1:29092")
+    parser.add_argument("--workers", type=int, nargs="*", default=[1, 2],
+                        help="worker counts for the scale-out part")
+    parser.add_argument("--profile", help="py-spy the one-worker drain into this file")
+    parser.add_argument("--py-spy", default="py-spy", help="the py-spy executable")
     parser.add_argument("--partitions", type=int, default=6)
     parser.add_argument("--events", type=int, default=30_000, help="simulated queries (backlog)")
     parser.add_argument("--rate", type=float, default=1000.0, help="events/s in the latency run")
     parser.add_argument("--seconds", type=float, default=30.0, help="length of the latency run")
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--skip", nargs="*", default=[], help="parts to skip: throughput latency")
+    parser.add_argument("--skip", nargs="*", default=[],
+                        help="parts to skip: throughput scale latency")
     args = parser.parse_args()
 
+    sampler_command = [TIER3, "run", "sampler", "--timeout", "3600"]
+    when = time.strftime("%Y-%m-%d %H:%M %Z")
+    print(f"machine: {platform.node()} ({os.cpu_count()} CPUs), {when}, load {load()}")
     if "throughput" not in args.skip:
         backlog = fresh(args.bootstrap, args.partitions)
         total = publish_backlog(backlog, args.events, args.seed)
         print(f"backlog: {total} events ({args.events} queries) on {args.partitions} partitions")
-        sampler = timed_drain(backlog, [TIER3, "run", "sampler", "--timeout", "3600"], total)
+        profile = (args.py_spy, args.profile) if args.profile else None
+        sampler = timed_drain(backlog, sampler_command, total, profile=profile)
+        writes = table_writes(backlog)
         noop = timed_drain(backlog, [sys.executable, __file__, "noop-worker"], total)
+        noop_batches = timed_drain(
+            fresh_copy(backlog, args), [sys.executable, __file__, "noop-worker", "--batches"], total
+        )
         raw = librdkafka_decode_rate(backlog, total)
+        hot = hot_path_rate(backlog, total, Policy())
         for name, r in (("sampler worker", sampler), ("faust no-op worker", noop),
-                        ("librdkafka read + decode", raw)):
+                        ("faust no-op, in batches", noop_batches),
+                        ("librdkafka read + decode", raw), ("hot path outside Faust", hot)):
             print(f"{name:26} {r['rate']:9.0f} events/s  ({r['events']} in {r['seconds']:.1f} s)")
-        print(f"sampler / faust no-op: {sampler['rate'] / noop['rate']:.2f}; "
-              f"sampler / librdkafka+decode: {sampler['rate'] / raw['rate']:.3f}; "
-              f"budget 20000 events/s: {sampler['rate'] / 20000:.2f}")
+        print(f"sampler / faust no-op: {sampler['rate'] / noop['rate']:.2f} (budget 0.8), "
+              f"/ no-op in batches: {sampler['rate'] / noop_batches['rate']:.2f}; "
+              f"hot path / faust no-op: {hot['rate'] / noop['rate']:.2f}; "
+              f"sampler / librdkafka+decode: {sampler['rate'] / raw['rate']:.3f}")
+        print(f"table writes: sampler {writes} ({writes / total:.2f} per event), "
+              f"hot path {hot['writes']} ({hot['writes'] / total:.2f} per event); load {load()}")
         for what, us in per_event_costs().items():
             print(f"  in-process {what:18} {us:6.1f} µs/event")
+
+    if "scale" not in args.skip:
+        rates = {}
+        for n in args.workers:
+            backlog = fresh(args.bootstrap, args.partitions)
+            total = publish_backlog(backlog, args.events, args.seed)
+            rates[n] = timed_drain(backlog, sampler_command, total, workers=n)
+            per = ", ".join(f"{r:.0f}" for r in rates[n]["per_worker"])
+            print(f"{n} worker(s) on {args.partitions} partitions: {rates[n]['rate']:.0f} events/s "
+                  f"in total, per worker {per} ({total} events in {rates[n]['seconds']:.1f} s); "
+                  f"load {load()}")
+        if 1 in rates:
+            for n, r in rates.items():
+                if n > 1:
+                    print(f"{n} workers / 1: {r['rate'] / rates[1]['rate']:.2f} (budget 1.7 for 2)")
 
     if "latency" not in args.skip:
         lat = latency(fresh(args.bootstrap, args.partitions), args.rate, args.seconds, args.seed)
         print(f"latency at {args.rate:.0f} events/s ({lat['events']} events, "
               f"{lat['jobs_timed']} jobs decided by their feedback): p50 {lat['p50_ms']:.0f} ms, "
-              f"p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms (budget p99 ≤ 500 ms)")
+              f"p99 {lat['p99_ms']:.0f} ms, max {lat['max_ms']:.0f} ms (budget p99 ≤ 500 ms); "
+              f"load {load()}")
 
 
-def noop_worker() -> None:
-    """A Faust worker with the sampler's topics and settings whose agent only counts events."""
+def noop_worker(batches: bool) -> None:
+    """A Faust worker with the sampler's topics and settings whose agent only counts events,
+    one at a time or (``batches``) in the sampler's batches."""
     from tier3.streams.processors import faust_app
+    from tier3.streams.processors.sampler import BATCH_SIZE, BATCH_WITHIN_S
     from tier3.streams.telemetry.metrics import serve_metrics
 
     settings = KafkaSettings()
@@ -267,13 +422,17 @@ def noop_worker() -> None:
             async for _ in stream.events():
                 counted.inc()
 
-        app.agent(source, name="bench-noop.count")(count)
+        async def count_batches(stream):  # type: ignore[no-untyped-def]
+            async for events in stream.take_events(BATCH_SIZE, within=BATCH_WITHIN_S):
+                counted.inc(len(events))
+
+        app.agent(source, name="bench-noop.count")(count_batches if batches else count)
         faust_app.run_worker(app)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["noop-worker"]:
         sys.argv.pop(1)
-        noop_worker()
+        noop_worker("--batches" in sys.argv)
     else:
         main()
