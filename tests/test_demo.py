@@ -40,6 +40,8 @@ def test_the_demo_runs_the_whole_loop_with_the_real_student(tmp_path: Path) -> N
         if not k.startswith("TIER3_") and k not in ("ANTHROPIC_API_KEY", "OLLAMA_HOST")
     }
     env.update(TIER3_HOME=str(tmp_path / ".tier3"), TIER3_OLLAMA_BIN=str(binary))
+    # Two steps teach nothing: an open gate lets the deployment and the router's switch run.
+    env.update(TIER3_GATE_JSON_VALIDITY="0", TIER3_GATE_SELECTION_AGREEMENT="0")
     tier3 = str(Path(sys.executable).with_name("tier3"))
     try:
         done = subprocess.run(
@@ -83,13 +85,12 @@ def test_the_demo_runs_the_whole_loop_with_the_real_student(tmp_path: Path) -> N
     assert summary["goal"]["agreement_gain_points"] == pytest.approx(gain * 100, abs=0.1)
     assert summary["goal"]["met"] in (True, False)
 
-    # The demo's gate decides; deployed or not, the summary says which and why.
-    if summary["evaluation"]["gate_passed"]:
-        assert summary["deployment"]["ollama_name"] == "cc-widget-selector-v2"
-        assert summary["deployment"]["quantization"] == "q4_k_m"
-        answers = summary["router"]["answers"]
-        assert summary["router"]["use_finetuned_model"] and len(answers) == 2
-        assert {a["variant"] for a in answers} <= {"student", "student-fallback"}
-    else:
-        assert summary["deployment"] is None
-        assert any(r.startswith("FAIL") for r in summary["evaluation"]["gate_reasons"])
+    # The open gate passed (the champion check included), so the candidate was promoted.
+    assert summary["evaluation"]["gate_passed"], summary["evaluation"]["gate_reasons"]
+    assert summary["deployment"]["ollama_name"] == "cc-widget-selector-v2"
+    assert summary["deployment"]["quantization"] == "q4_k_m"
+    answers = summary["router"]["answers"]
+    assert summary["router"]["use_finetuned_model"] and len(answers) == 2
+    # The deployed student answered, or failed and the teacher stood in: either way, said.
+    assert all(a["model"] for a in answers)
+    assert {a["variant"] for a in answers} <= {"student", "student-fallback"}

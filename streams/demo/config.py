@@ -85,6 +85,8 @@ def stage_env(
         TOKENIZERS_PARALLELISM="false",
         **training.env(),
     )
+    # A gate the user set wins over the demo's (a test lowers it to see the deployment).
+    env.update({k: v for k, v in os.environ.items() if k.startswith("TIER3_GATE_")})
     if not env.get("ANTHROPIC_API_KEY"):
         env["TIER3_TEACHER_PROVIDER"] = "offline"
     if ollama:

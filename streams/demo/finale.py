@@ -28,12 +28,7 @@ from tier3.streams.backend.router import Router, RoutingSettings, ollama_student
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.tasks.registry import configured_task
 
-ROLES = {
-    "base": "base (served, untrained)",
-    "champion": "serving before (champion)",
-    "candidate": "fine-tuned (served, q4_k_m)",
-    "teacher": "teacher (recorded)",
-}
+ROLES = {"base": "base", "champion": "serving", "candidate": "fine-tuned", "teacher": "teacher"}
 
 
 def before_after(report_uri: str) -> dict[str, Any] | None:
@@ -48,17 +43,21 @@ def before_after(report_uri: str) -> dict[str, Any] | None:
 def print_table(console: Console, figures: dict[str, Any]) -> None:
     """The variants side by side, on the same held-out queries."""
     table = Table(title="before and after, on the same held-out queries", title_justify="left")
-    for column in ("variant", "model", "JSON valid", "agreement", "score match", "p50 ms",
-                   "p95 ms", "rating"):  # fmt: skip
-        table.add_column(column, justify="left" if column in ("variant", "model") else "right")
+    for column in ("variant", "JSON valid", "agreement", "score match", "p50 ms", "p95 ms",
+                   "rating"):  # fmt: skip
+        table.add_column(column, justify="left" if column == "variant" else "right")
     for v in figures["variants"]:
         rating = "-" if v.get("user_rating") is None else f"{v['user_rating']:.2f}"
         table.add_row(
-            ROLES.get(v["role"], v["role"]), v["model"], f"{v['json_validity_rate']:.0%}",
+            ROLES.get(v["role"], v["role"]), f"{v['json_validity_rate']:.0%}",
             f"{v['selection_agreement']:.0%}", f"{v['score_match_rate']:.0%}",
             f"{v['student_latency_p50_ms']:.0f}", f"{v['student_latency_p95_ms']:.0f}", rating,
         )  # fmt: skip
     console.print(table)
+    names = ", ".join(f"{ROLES.get(v['role'], v['role'])} = {v['model']}"
+                      for v in figures["variants"])  # fmt: skip
+    console.print(f"    ({names}; the fine-tuned model served at "
+                  f"{figures['candidate']['quantization']})")
     comparison = figures.get("comparison")
     if comparison:
         console.print(
