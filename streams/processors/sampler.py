@@ -35,9 +35,7 @@ it finds. A job is repeated only if that read-back fails, and the capture consum
 idempotently by query_id, so even then no trace is duplicated.
 
 **Bounded tables.** ``waiting`` holds a query for at most ``timeout``; ``captured`` holds a
-marker for ``dedupe_window`` (default one hour: long past any redelivery), and only for captured
-queries. A feedback event that comes after its query was decided finds no experience and expires
-with the timeout; nothing can be captured without an experience.
+marker for ``dedupe_window`` (one hour by default), only for captured queries.
 """
 
 from __future__ import annotations
@@ -87,9 +85,8 @@ SAMPLING_RATE = Gauge(
 
 
 SWEEP_EVERY_S = 1.0  # how often expired table entries are swept
-# Queries let go at their experience, remembered (in memory) for the sampling timeout so that
-# their feedback needs no table write; beyond this many the oldest are forgotten, and a late
-# feedback of one of those merely waits in the table and expires.
+# Queries let go at sight, remembered in memory for the timeout; past this many the oldest are
+# forgotten (a late feedback of one of those just waits in the table and expires).
 LET_GO_REMEMBERED = 200_000
 BATCH_SIZE = 2000  # events per batch taken from the stream
 BATCH_WITHIN_S = 0.05  # or what came within this long
