@@ -383,7 +383,7 @@ def main() -> int:
         work = Path(tempfile.mkdtemp(prefix="tier3-flywheel-"))
         binary = ollama_binary(args.ollama, work)
         shape = SMOKE if args.smoke else bench.LLAMA_1B
-        with ollama_serve(binary, work / "ollama") as url:
+        with ollama_serve(binary, work / "ollama-home") as url:
             say(f"ollama serving at {url}; writing the random base ({shape['hidden_size']} hidden)")
             base_dir = bench.build_model(shape, work / "base")
             if torch.cuda.is_available():
