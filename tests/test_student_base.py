@@ -26,15 +26,21 @@ def test_the_default_base_is_the_real_student():
     assert TrainerSettings().base_model == DEFAULT_BASE
 
 
-def test_the_default_attention_never_stalls():
-    """flex_attention recompiles its block mask for every packed batch length (docs/gpu.md):
-    the default, on GPU too, is sdpa; flex stays available when asked for."""
+def test_the_default_attention_never_stalls(tmp_path):
+    """flex_attention recompiled its block mask for every packed batch length (docs/gpu.md), so
+    the GPU default is flex only with every batch padded to one length, which compiles once;
+    the CPU, where flex has no backward, keeps sdpa."""
+    pytest.importorskip("trl")
     from tier3.trainers.training.settings import TrainerSettings
+    from tier3.trainers.training.sft import sft_config
 
-    assert TrainerSettings().resolved("cuda").attn_implementation == "sdpa"
+    gpu_default = TrainerSettings().resolved("cuda").attn_implementation
+    assert gpu_default == "flex_attention"
     assert TrainerSettings().resolved("cpu").attn_implementation == "sdpa"
-    chosen = TrainerSettings(attn_implementation="flex_attention").resolved("cuda")
-    assert chosen.attn_implementation == "flex_attention"
+    # What the GPU default trains with, built here on the CPU: one padded length for every batch.
+    as_on_gpu = TrainerSettings(attn_implementation=gpu_default)
+    padded = sft_config(as_on_gpu, tmp_path, "cpu").pad_to_multiple_of
+    assert padded == as_on_gpu.per_device_train_batch_size * as_on_gpu.max_length
 
 
 def test_each_form_of_the_setting_resolves(tmp_path):

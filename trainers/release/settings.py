@@ -60,7 +60,11 @@ class ReleaseSettings(BaseSettings):
     )
     max_examples: int | None = Field(None, ge=1, description="Evaluate at most this many queries")
     max_new_tokens: int = Field(256, ge=1, description="Tokens the student may generate per reply")
-    batch_size: int = Field(8, ge=1, description="Held-out queries generated together")
+    batch_size: int | None = Field(
+        None,
+        ge=1,
+        description="Held-out queries generated together (unset: 128 on a GPU, 8 on a CPU)",
+    )
     thresholds: GateThresholds = Field(
         default_factory=GateThresholds, description="The gate (TIER3_GATE_* variables)"
     )

