@@ -227,6 +227,7 @@ class TimedClient:
 def turn(args: argparse.Namespace, work: Path, base_dir: Path, url: str) -> dict:
     import ollama
     from tier3.trainers.release.evaluate import (
+        default_batch_size,
         evaluate,
         generate_with_transformers,
         held_out_from_traces,
@@ -267,17 +268,18 @@ def turn(args: argparse.Namespace, work: Path, base_dir: Path, url: str) -> dict
     phases.end("merge", "(adapter saved, merged on the GPU, saved)")
 
     examples = held_out_from_traces(built.manifest, traces)[: release.max_examples]
+    batch_size = release.batch_size or default_batch_size("cuda")
     replies = generate_with_transformers(
         outcome.merged_dir,
         examples,
         max_new_tokens=release.max_new_tokens,
-        batch_size=release.batch_size,
+        batch_size=batch_size,
     )
     metrics = evaluate(examples, replies, tolerance=release.tolerance)
     decision = decide(metrics, release.thresholds)
     phases.end(
         "evaluation",
-        f"({len(examples)} replies, batches of {release.batch_size}, "
+        f"({len(examples)} replies, batches of {batch_size}, "
         f"JSON validity {metrics.json_validity_rate:.0%}; gate passed: {decision.passed})",
     )
 
