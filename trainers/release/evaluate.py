@@ -247,7 +247,7 @@ def replies_from(
 
 def default_batch_size(device: str) -> int:
     """Replies generated together when the settings leave it open. On one H200 the flywheel's
-    evaluation of 100 held-out replies took 105 s in batches of 8 and 23 s in one batch of 128
+    evaluation of 85 held-out replies took 105 s in batches of 8 and 23 s in one batch of 128
     (bench/RESULTS.md); a CPU keeps small batches, whose padding costs it real time."""
     return 128 if device == "cuda" else 8
 
