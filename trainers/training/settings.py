@@ -28,8 +28,8 @@ Fields whose right value depends on the device (``bf16``, ``optim``, ``attn_impl
 ``use_liger_kernel``) default to ``None`` and are resolved by ``resolved()`` once the device is
 known, so one configuration serves CPU tests, one GPU and several. Liger's kernels (RMSNorm,
 RoPE, SwiGLU in Triton) are on by default on CUDA when liger-kernel is installed: +5.8% tokens/s
-for the Llama-3.2-1B shape on an H200 (bench/RESULTS.md, 2026-12-01); TRL 1.16 turns Liger's fused linear
-cross-entropy off itself, since its own fused LM head computes the loss in chunks.
+for the Llama-3.2-1B shape on an H200 (bench/RESULTS.md, 2026-12-01); TRL 1.16 turns Liger's
+fused linear cross-entropy off itself, since its own fused LM head computes the loss in chunks.
 """
 
 from __future__ import annotations
