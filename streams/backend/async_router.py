@@ -26,15 +26,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from tier3.streams.backend.deployments import DeploymentWatcher
-from tier3.streams.backend.publisher import Publisher
 from tier3.streams.backend.router import (
     Routed,
     RoutingSettings,
-    assigned_to_student,
+    RoutingState,
     experience_of,
     served,
-    serving_student,
     student_outcome,
     teacher_routed,
 )
@@ -47,7 +44,7 @@ AsyncTeacher = Callable[[str, dict[str, Any]], Awaitable[str]]
 AsyncStudent = Callable[[str, str, dict[str, Any]], Awaitable[str]]
 
 
-class AsyncRouter:
+class AsyncRouter(RoutingState):
     """Answer queries with the teacher or the student from asyncio code; publish what served."""
 
     def __init__(
@@ -55,25 +52,11 @@ class AsyncRouter:
         teacher: AsyncTeacher,
         student: AsyncStudent,
         settings: RoutingSettings | None = None,
-        *,
-        publisher: Publisher | None = None,
-        deployments: DeploymentWatcher | None = None,
-        task: Task | None = None,
+        **kw: Any,
     ) -> None:
+        super().__init__(settings, **kw)
         self.teacher = teacher
         self.student = student
-        self.settings = settings or RoutingSettings()
-        self.publisher = publisher
-        self.deployments = deployments
-        self.task = task or configured_task()
-
-    def student_model(self) -> str | None:
-        """The student that serves now: None when the student is off or rolled back."""
-        return serving_student(self.settings, self.deployments)
-
-    def assigned_to_student(self, user_id_hash: str, session_id_hash: str) -> bool:
-        """Whether this user (or session) is in the student's share of the split."""
-        return assigned_to_student(self.settings, user_id_hash, session_id_hash)
 
     async def answer(
         self,

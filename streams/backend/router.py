@@ -205,21 +205,18 @@ def served(routed: Routed, experience: Record, publisher: Publisher | None) -> R
 # -- the router ----------------------------------------------------------------------------------
 
 
-class Router:
-    """Answer queries with the teacher or the student, and publish what was served."""
+class RoutingState:
+    """What the sync and the async router share: the settings, the publisher, the deployment
+    watcher, the task, and the two questions every answer starts with."""
 
     def __init__(
         self,
-        teacher: Teacher,
-        student: Student,
         settings: RoutingSettings | None = None,
         *,
         publisher: Publisher | None = None,
         deployments: DeploymentWatcher | None = None,
         task: Task | None = None,
     ) -> None:
-        self.teacher = teacher
-        self.student = student
         self.settings = settings or RoutingSettings()
         self.publisher = publisher
         self.deployments = deployments
@@ -232,6 +229,17 @@ class Router:
     def assigned_to_student(self, user_id_hash: str, session_id_hash: str) -> bool:
         """Whether this user (or session) is in the student's share of the split."""
         return assigned_to_student(self.settings, user_id_hash, session_id_hash)
+
+
+class Router(RoutingState):
+    """Answer queries with the teacher or the student, and publish what was served."""
+
+    def __init__(
+        self, teacher: Teacher, student: Student, settings: RoutingSettings | None = None, **kw: Any
+    ) -> None:
+        super().__init__(settings, **kw)
+        self.teacher = teacher
+        self.student = student
 
     def answer(
         self,
