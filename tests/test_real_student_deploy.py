@@ -108,9 +108,8 @@ def test_an_ollama_base_is_the_file_ollama_serves(exported, client, ollama_url, 
                                                    monkeypatch):  # fmt: skip
     """TIER3_STUDENT_BASE=ollama:<model> trains exactly the weights Ollama serves: found
     through its API, or through its model store when no server answers."""
-    from tier3.trainers.release.gguf_export import file_sha256
     from tier3.trainers.release.ollama_deploy import register
-    from tier3.trainers.training.student_base import StudentBaseError, resolve
+    from tier3.trainers.training.student_base import StudentBaseError, file_sha256, resolve
 
     register(client, exported, "served-base", quantize=None)
     monkeypatch.setenv("OLLAMA_HOST", ollama_url)

@@ -32,13 +32,13 @@ Design choices:
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import structlog
+from tier3.trainers.training.student_base import file_sha256
 
 log = structlog.get_logger("tier3.gguf_export")
 
@@ -260,15 +260,6 @@ def _write_tensors(writer: Any, model: Any, config: Any) -> int:
         writer.add_tensor(gguf_name, array)
         count += 1
     return count
-
-
-def file_sha256(path: str | Path) -> str:
-    """The file's SHA-256 in hex (Ollama names blobs ``sha256:<this>``)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def describe_gguf(path: str | Path) -> dict[str, Any]:

@@ -349,11 +349,8 @@ def _store_blob(model: str) -> Path:
 
 
 def file_sha256(path: str | Path) -> str:
-    """The file's SHA-256 in hex."""
+    """The file's SHA-256 in hex (Ollama names blobs ``sha256:<this>``)."""
     import hashlib
 
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
