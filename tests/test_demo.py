@@ -75,8 +75,11 @@ def test_the_demo_runs_the_whole_loop_with_the_real_student(tmp_path: Path) -> N
     assert variants["base"]["model"] == "cc-widget-selector-base"
     assert variants["candidate"]["model"] == "cc-widget-selector-v2-candidate"
     assert variants["teacher"]["selection_agreement"] == 1.0
+    # At most --eval-queries: the hash split of 25 traces holds about 5, sometimes fewer.
+    held_out = summary["evaluation"]["held_out_queries"]
+    assert 1 <= held_out <= 5
     for v in variants.values():
-        assert v["examples"] == summary["evaluation"]["held_out_queries"] == 5
+        assert v["examples"] == held_out
         assert 0 <= v["json_validity_rate"] <= 1 and v["student_latency_p95_ms"] >= 0
     comparison = summary["evaluation"]["champion_comparison"]
     assert comparison["champion"] == "cc-widget-selector-base"
