@@ -119,6 +119,34 @@ def test_the_gguf_tokenizer_is_fixed_for_training(tokenizer):
 
 
 @pytest.mark.train
+def test_a_gguf_base_is_dequantized_once_and_then_loaded_from_the_cache(tmp_path, monkeypatch):
+    """The first load dequantizes the GGUF and keeps its weights and fixed tokenizer; the next
+    load reads those and gives exactly the same model and tokenizer."""
+    import torch
+    from tier3.trainers.training.student_base import dequantized_cache, resolve
+
+    gguf = real_student_gguf()
+    monkeypatch.setenv("TIER3_STUDENT_CACHE", str(tmp_path))  # a cold cache of its own
+    base = resolve(str(gguf))
+    cache = dequantized_cache(gguf)
+    assert not cache.exists()
+    first_model, first_tokenizer = base.load_model(dtype=torch.float32), base.load_tokenizer()
+    assert (cache / "model" / "config.json").is_file() and list(cache.glob("model/*.safetensors"))
+    assert (cache / "tokenizer" / "tokenizer_config.json").is_file()
+
+    model, tokenizer = base.load_model(dtype=torch.float32), base.load_tokenizer()
+    assert getattr(model.config, "quantization_config", None) is None  # plain weights
+    assert model.config.eos_token_id == first_model.config.eos_token_id
+    expected = first_model.state_dict()
+    assert set(model.state_dict()) == set(expected)
+    assert all(torch.equal(w, expected[name]) for name, w in model.state_dict().items())
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|endoftext|>")
+    assert tokenizer.chat_template == first_tokenizer.chat_template
+    text = "show revenue by region, then churn by plan {}"
+    assert tokenizer(text)["input_ids"] == first_tokenizer(text)["input_ids"]
+
+
+@pytest.mark.train
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_a_few_lora_steps_on_the_gguf_base_lower_the_held_out_loss(tmp_path):

@@ -22,11 +22,13 @@ SHA-256 before it is used.
 
 transformers loads a GGUF directly (``from_pretrained(folder, gguf_file=...)``): it dequantizes
 the tensors into a ``LlamaForCausalLM`` (about 25 s for the 135M model on two cores) and builds
-the tokenizer from the file's own vocabulary, merges and chat template. Two things are fixed
-after loading, both measured on SmolLM2's file: transformers reads the end-of-sequence token
-wrongly (``<|im_start|>`` instead of the file's ``<|im_end|>``), and the ChatML template has no
-``{% generation %}`` markers, which TRL's assistant-only loss needs; ``training_chat_template``
-gives the same template with the markers (it renders the same text).
+the tokenizer from the file's own vocabulary, merges and chat template. The dequantized weights
+are cached (``dequantized_cache``, under the student cache, 4 bytes a parameter), so every later
+load of the same file (each training run, each test) reads safetensors in seconds. Two things
+are fixed after loading, both measured on SmolLM2's file: transformers reads the
+end-of-sequence token wrongly (``<|im_start|>`` instead of the file's ``<|im_end|>``), and the
+ChatML template has no ``{% generation %}`` markers, which TRL's assistant-only loss needs;
+``training_chat_template`` gives the same template with the markers (it renders the same text).
 """
 
 from __future__ import annotations
@@ -118,32 +120,51 @@ class StudentBase:
     def load_tokenizer(self) -> Any:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(self.location, gguf_file=self.gguf_file)
-        if self.gguf_path is not None:
-            _fix_gguf_special_tokens(tokenizer, self.gguf_path)
+        if self.gguf_path is None:
+            tokenizer = AutoTokenizer.from_pretrained(self.location)
+        else:
+            # Building it from the GGUF's vocabulary takes ~20 s; the saved one (fixed) loads
+            # at once.
+            cached = dequantized_cache(self.gguf_path) / "tokenizer"
+            if (cached / "tokenizer_config.json").is_file():
+                tokenizer = AutoTokenizer.from_pretrained(cached)
+            else:
+                tokenizer = AutoTokenizer.from_pretrained(self.location, gguf_file=self.gguf_file)
+                _fix_gguf_special_tokens(tokenizer, self.gguf_path)
+                _save_aside(tokenizer, cached)
         training = TRAINING_TEMPLATES.get(tokenizer.chat_template or "")
         if training is not None:
             tokenizer.chat_template = training
         return tokenizer
 
     def load_model(self, dtype: Any = None, attn_implementation: str | None = None) -> Any:
+        """The model; a GGUF's dequantized weights come from ``dequantized_cache`` after the
+        first load (a folder of safetensors loads in seconds, dequantizing takes ~25 s)."""
+        import torch
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(
-            self.location,
-            gguf_file=self.gguf_file,
-            dtype=dtype,
-            attn_implementation=attn_implementation,
-        )
-        if self.gguf_file:
-            # Dequantized weights are plain tensors; saved with this entry, the merged model
-            # would claim to be a GGUF and fail to reload.
-            model.config.quantization_config = None
-            if hasattr(model.config, "__dict__"):
-                model.config.__dict__.pop("quantization_config", None)
-            model.hf_quantizer = None
-            model.is_quantized = False  # set by the GGUF loader; Trainer refuses such a model
-            model.generation_config.eos_token_id = model.config.eos_token_id
+        if self.gguf_path is None:
+            return AutoModelForCausalLM.from_pretrained(
+                self.location, dtype=dtype, attn_implementation=attn_implementation
+            )
+        cached = dequantized_cache(self.gguf_path) / "model"
+        if (cached / "config.json").is_file():
+            model = AutoModelForCausalLM.from_pretrained(
+                cached, dtype=dtype, attn_implementation=attn_implementation
+            )
+        else:
+            # In float32 first: the cache must hold the exact values, whatever ``dtype`` asks.
+            model = AutoModelForCausalLM.from_pretrained(
+                self.location,
+                gguf_file=self.gguf_file,
+                dtype=torch.float32,
+                attn_implementation=attn_implementation,
+            )
+            _as_plain_weights(model)
+            _save_aside(model, cached)
+            if dtype is not None:
+                model = model.to(dtype)
+        model.generation_config.eos_token_id = model.config.eos_token_id
         return model
 
     def write_marker(self, folder: str | Path) -> None:
@@ -181,6 +202,40 @@ def _fix_gguf_special_tokens(tokenizer: Any, gguf_path: Path) -> None:
         # would never learn to stop. The file's <|endoftext|>, or its unknown token.
         unk = token_id("tokenizer.ggml.unknown_token_id")
         tokenizer.pad_token = tokenizer.convert_ids_to_tokens(unk if unk is not None else eos)
+
+
+def _as_plain_weights(model: Any) -> None:
+    """Dequantized weights are plain tensors: without the GGUF loader's quantization entry,
+    which would make a saved copy (the cache, the merged model) claim to be a GGUF and fail to
+    reload, and which the Trainer refuses (``is_quantized``)."""
+    model.config.quantization_config = None
+    if hasattr(model.config, "__dict__"):
+        model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    model.is_quantized = False
+
+
+def dequantized_cache(gguf_path: Path) -> Path:
+    """Where a GGUF's dequantized weights (``model/``) and its tokenizer (``tokenizer/``) are
+    kept: named by the file's SHA-256, so a changed file never reuses another's."""
+    return student_cache() / "dequantized" / file_sha256(gguf_path)[:32]
+
+
+def _save_aside(thing: Any, folder: Path) -> None:
+    """``save_pretrained`` into ``folder`` through a folder beside it, renamed into place, so a
+    crash or a second trainer never leaves half a cache. The model is saved in float32 (a Q4_1
+    value, an fp16 scale times a 4-bit integer plus an fp16 offset, is exact there, not in
+    bf16). A cache that cannot be written only costs the next load its time."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    try:
+        thing.save_pretrained(partial)
+        partial.rename(folder)
+        log.info("dequantized base cached", folder=str(folder))
+    except OSError as exc:
+        log.warning("dequantized base not cached", folder=str(folder), error=str(exc))
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
 
 
 def student_cache() -> Path:
