@@ -57,7 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_trainer_gpu as bench  # the model shapes and the tier3 mapping
 
 BUDGET_S = 300.0
-OLLAMA_DEFAULT = Path.home() / ".cache/tier3/ollama-v0.17.4/bin/ollama"
+OLLAMA_DEFAULT = Path.home() / ".cache/tier3/ollama-v0.17.4-x86-64-v3/bin/ollama"
 # A shape k-quants work on (rows of 256) with a vocabulary larger than the tokenizer's, as the
 # 1B shape has: the smoke run goes through the same export and quantization paths.
 SMOKE = {**bench.TINY, "hidden_size": 256, "intermediate_size": 512, "vocab_size": 2048}

@@ -57,7 +57,7 @@ sha256sum "$gguf" | cut -d' ' -f1 > "$parts-2/student.gguf.sha256"
 basename "$gguf" > "$parts-2/student.gguf.name"
 
 # Ollama for the flywheel's turn (bench/flywheel_gpu.py --ollama .ollama/ollama.gz).
-ollama=${TIER3_OLLAMA_BIN:-$HOME/.cache/tier3/ollama-v0.17.4/bin/ollama}
+ollama=${TIER3_OLLAMA_BIN:-$HOME/.cache/tier3/ollama-v0.17.4-x86-64-v3/bin/ollama}
 if [[ -x "$ollama" ]]; then
     rm -rf .ollama && mkdir -p .ollama
     strip -o .ollama/ollama "$ollama" && gzip -6 .ollama/ollama

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import shutil
 import signal
 import socket
@@ -29,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 VERSION = os.environ.get("TIER3_OLLAMA_VERSION", "v0.17.4")
+# The compile flags scripts/build-ollama.sh uses, which name its cache folder (its comment: ggml
+# built without them runs scalar code, about 10x slower).
+FLAVOUR = "x86-64-v3" if platform.machine() in ("x86_64", "AMD64") else "native"
 BUILD_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "build-ollama.sh"
 
 
@@ -48,7 +52,7 @@ def cached_binary() -> Path | None:
     if given and Path(given).is_file():
         return Path(given)
     cache = Path(os.environ.get("TIER3_OLLAMA_CACHE") or Path.home() / ".cache" / "tier3")
-    built = cache / f"ollama-{VERSION}" / "bin" / "ollama"
+    built = cache / f"ollama-{VERSION}-{FLAVOUR}" / "bin" / "ollama"
     if built.is_file():
         return built
     found = shutil.which("ollama")
