@@ -22,6 +22,11 @@ esac
 cache="${TIER3_OLLAMA_CACHE:-$HOME/.cache/tier3}/ollama-${version}-${flavour}"
 binary="$cache/bin/ollama"
 mkdir -p "$cache"
+# One build at a time per cache folder: scripts/test.sh starts it in the background while the
+# tests run, and a test that needs the binary runs this script too, which waits here for that
+# build to finish and then finds the binary cached.
+exec 9>"$cache.lock"
+flock 9
 
 if [[ -x "$binary" ]]; then
     echo "$binary"

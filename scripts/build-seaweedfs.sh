@@ -14,6 +14,11 @@ version="${1:-${TIER3_SEAWEEDFS_VERSION:-v0.0.0-20261109003541-7506e5f91cd6}}"
 cache="${TIER3_SEAWEEDFS_CACHE:-$HOME/.cache/tier3}/seaweedfs-${version}"
 binary="$cache/bin/weed"
 mkdir -p "$cache"
+# One build at a time per cache folder: scripts/test.sh starts it in the background while the
+# tests run, and a test that needs the binary runs this script too, which waits here for that
+# build to finish and then finds the binary cached.
+exec 9>"$cache.lock"
+flock 9
 
 if [[ -x "$binary" ]]; then
     echo "$binary"

