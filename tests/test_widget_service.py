@@ -16,6 +16,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 from tier3.schemas.registry import EXPERIENCE, FEEDBACK
 from tier3.streams.backend.router import (
     FALLBACK,
@@ -50,10 +51,16 @@ def _app_module():
 
 @contextlib.contextmanager
 def service(
-    kafka: KafkaSettings, teacher_url: str, student_url: str, tmp_path: Path, **env: str
+    kafka: KafkaSettings,
+    teacher_url: str,
+    student_url: str,
+    tmp_path: Path,
+    workers: int = 1,
+    **env: str,
 ) -> Iterator[httpx.Client]:
-    """``uvicorn app:app`` as the example's README starts it; stopped with SIGTERM (so the
-    lifespan flushes the publisher, as in production)."""
+    """``uvicorn app:app`` as the example's README starts it (``workers`` processes); stopped
+    with SIGTERM (so the lifespan flushes the publisher, as in production). Yields once every
+    worker has started."""
     port = free_port()
     environment = {
         **{k: v for k, v in os.environ.items() if not k.startswith("TIER3_")},
@@ -69,9 +76,23 @@ def service(
     log_path = tmp_path / f"service-{port}.log"
     with log_path.open("w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "app:app", "--app-dir", str(SERVICE_DIR),
-             "--port", str(port), "--no-access-log"],
-            cwd=REPO, env=environment, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app:app",
+                "--app-dir",
+                str(SERVICE_DIR),
+                "--port",
+                str(port),
+                "--workers",
+                str(workers),
+                "--no-access-log",
+            ],
+            cwd=REPO,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -79,8 +100,9 @@ def service(
         while True:
             if proc.poll() is not None:
                 pytest.fail(f"the service exited at start:\n{log_path.read_text()[-3000:]}")
+            started = log_path.read_text().count("Application startup complete")
             with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                if started >= workers and httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
                     break
             if time.monotonic() > deadline:
                 pytest.fail(f"the service did not start:\n{log_path.read_text()[-3000:]}")
@@ -186,3 +208,48 @@ def test_a_failing_student_falls_back_to_the_teacher(kafka: KafkaSettings, tmp_p
     assert all(a["answer"] == reference and a["model"] == "claude-sonnet-4-5" for a in served[1:])
     assert 'tier3_router_answers_total{variant="student-fallback"} 3.0' in metrics
     assert variants_published(kafka) == {a["query_id"]: a["variant"] for a in served}
+
+
+def metric_values(page: str) -> dict[str, float]:
+    """``name{label values}`` -> value of every sample on a /metrics page."""
+    return {
+        f"{s.name}{sorted(s.labels.values())}": s.value
+        for family in text_string_to_metric_families(page)
+        for s in family.samples
+    }
+
+
+def test_several_workers_are_counted_on_one_metrics_page(kafka: KafkaSettings, tmp_path: Path):
+    """``uvicorn --workers 2`` with ``PROMETHEUS_MULTIPROC_DIR``, as the README says: whichever
+    worker answers the scrape, /metrics counts the answers and events of both."""
+    metrics_dir = tmp_path / "prometheus"
+    metrics_dir.mkdir()
+    requests = 30
+    with AnthropicServer() as teacher:
+        ollama_down = f"http://127.0.0.1:{free_port()}"
+        env = {"USE_FINETUNED_MODEL": "true", "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir)}
+        with service(kafka, teacher.url, ollama_down, tmp_path, workers=2, **env) as client:
+            for i in range(requests):  # a connection each: the workers share the listening socket
+                body = {"query": QUERY, "context": CONTEXT, "user_id": f"u-{i}", "session_id": "s"}
+                answer = httpx.post(
+                    f"{client.base_url}/select", json=body, headers={"Connection": "close"}
+                )
+                assert answer.status_code == 200 and answer.json()["variant"] == FALLBACK
+            deadline = time.monotonic() + 20  # each worker copies its publisher's counts each 1 s
+            while True:
+                pages = [
+                    metric_values(httpx.get(f"{client.base_url}/metrics").text) for _ in range(4)
+                ]
+                if all(
+                    p.get("tier3_publisher_events_total['delivered']") == requests for p in pages
+                ):
+                    break
+                assert time.monotonic() < deadline, pages[-1]
+                time.sleep(0.5)
+
+    for page in pages:
+        assert page["tier3_router_answers_total['student-fallback']"] == requests
+        assert page["tier3_publisher_events_total['accepted']"] == requests
+        assert page["tier3_publisher_events_total['dropped']"] == 0
+        assert page["tier3_publisher_pending[]"] == 0
+    assert len(variants_published(kafka)) == requests

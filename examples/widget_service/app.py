@@ -6,7 +6,8 @@
   teacher whenever the student fails. It publishes the Experience with the variant that served.
 - ``POST /feedback`` publishes the user's rating of an answer (by its ``query_id``).
 - ``GET /metrics`` (Prometheus): answers per variant, fallbacks, publisher outcomes (dropped
-  events show here); ``GET /healthz``.
+  events show here); ``GET /healthz``. Under ``uvicorn --workers N``, with
+  ``PROMETHEUS_MULTIPROC_DIR`` set, the page sums every worker's counts, whichever answers.
 
 Everything is configured by tier3's environment variables (``TIER3_BOOTSTRAP_SERVERS``,
 ``ENABLE_TIER3_CAPTURE``, ``USE_FINETUNED_MODEL``, ...; ``README.md`` beside this file). Nothing
@@ -19,7 +20,9 @@ Run: ``uvicorn app:app --app-dir examples/widget_service``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import os
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -29,7 +32,15 @@ import anthropic
 import ollama
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    generate_latest,
+    multiprocess,
+)
 from pydantic import AliasChoices, BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from tier3.streams.backend.async_router import (
@@ -38,11 +49,27 @@ from tier3.streams.backend.async_router import (
     ollama_student_async,
 )
 from tier3.streams.backend.deployments import DeploymentWatcher
-from tier3.streams.backend.publisher import Publisher, PublisherConfig
+from tier3.streams.backend.publisher import Publisher, PublisherConfig, PublisherStats
 from tier3.streams.backend.router import RoutingSettings
 from tier3.streams.kafka.settings import KafkaSettings
 
 log = structlog.get_logger("widget_service")
+
+# Several uvicorn workers are several processes, each with its own counters. prometheus_client's
+# multiprocess mode (PROMETHEUS_MULTIPROC_DIR set before the service starts) keeps them in files
+# there, and /metrics sums them. Custom collectors are not exported in that mode, so each worker
+# copies its publisher's counts into the two metrics below, which are.
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+OUTCOMES = ("accepted", "delivered", "failed", "dropped", "invalid", "disabled")
+PUBLISHED = Counter(
+    "tier3_publisher_events", "Events handed to publish(), by outcome", ["outcome"], registry=None
+)
+PENDING = Gauge(
+    "tier3_publisher_pending",
+    "Events queued, not yet delivered",
+    multiprocess_mode="livesum",  # the workers alive now
+    registry=None,
+)
 
 
 class ServiceSettings(BaseSettings):
@@ -75,7 +102,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings, kafka, routing = ServiceSettings(), KafkaSettings(), RoutingSettings()
     buffer = PublisherConfig(buffer_messages=settings.publisher_buffer_messages)
     publisher = Publisher(kafka, buffer)
-    publisher.register_metrics()
+    if MULTIPROCESS:
+        mirror = asyncio.create_task(mirror_publisher(publisher.stats))
+    else:
+        publisher.register_metrics()
     deployments = DeploymentWatcher(kafka, routing.model) if settings.watch_deployments else None
     if deployments is not None and not await asyncio.to_thread(deployments.wait_caught_up, 30):
         log.warning("deployment history not read yet: the teacher answers until it is")
@@ -108,7 +138,45 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if deployments is not None:
             await asyncio.to_thread(deployments.close)
         undelivered = await publisher.aclose(timeout=10)
+        if MULTIPROCESS:
+            mirror.cancel()  # its last copy counts the final flush
+            with contextlib.suppress(asyncio.CancelledError):
+                await mirror
         log.info("stopped", undelivered=undelivered, dropped=publisher.stats.dropped)
+
+
+async def mirror_publisher(stats: PublisherStats, every_s: float = 1.0) -> None:
+    """Copy this worker's publisher counts into the multiprocess metrics until cancelled."""
+    copied = dict.fromkeys(OUTCOMES, 0)
+    try:
+        while True:
+            copy_counts(stats, copied)
+            await asyncio.sleep(every_s)
+    finally:
+        copy_counts(stats, copied)
+
+
+def copy_counts(stats: PublisherStats, copied: dict[str, int]) -> None:
+    for outcome in OUTCOMES:
+        # "delivered" is accepted - failed - invalid - pending, and the sender thread updates
+        # pending a moment after publish() counts an event accepted: it can step back by a few
+        # events, which a counter cannot. It is copied when it has grown; it has caught up by
+        # the time those events are delivered.
+        now, counter = getattr(stats, outcome), PUBLISHED.labels(outcome)
+        if now > copied[outcome]:
+            counter.inc(now - copied[outcome])
+            copied[outcome] = now
+    PENDING.set(stats.pending)
+
+
+def scrape_registry() -> CollectorRegistry:
+    """The registry /metrics renders: every worker's files in multiprocess mode (a fresh
+    registry per scrape, as prometheus_client asks), else this process's own."""
+    if not MULTIPROCESS:
+        return REGISTRY
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
 
 
 app = FastAPI(title="widget selector", lifespan=lifespan)
@@ -197,11 +265,13 @@ async def feedback(
 
 @app.get("/metrics")
 async def metrics() -> Response:
-    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(scrape_registry()), media_type=CONTENT_TYPE_LATEST)
 
 
 @app.get("/healthz")
 async def healthz(publisher: Annotated[Publisher, Depends(get_publisher)]) -> dict[str, Any]:
     s = publisher.stats
-    return {"ok": True, "publisher": {"pending": s.pending, "dropped": s.dropped,
-                                      "last_error": s.last_error}}
+    return {
+        "ok": True,
+        "publisher": {"pending": s.pending, "dropped": s.dropped, "last_error": s.last_error},
+    }
