@@ -119,6 +119,21 @@ def test_a_time_that_cannot_be_read_names_its_flag(command: list[str], flag: str
     assert_one_line(done, USAGE, flag)
 
 
+@pytest.mark.parametrize(
+    "strategies",
+    [
+        ["--to-datetime", "2026-01-01T00:00:00", "--by-duration", "PT1H"],
+        ["--to-earliest", "--to-latest"],
+        ["--from-file", "offsets.json", "--to-earliest"],
+    ],
+    ids=" ".join,
+)
+def test_groups_reset_wants_exactly_one_strategy(strategies: list[str]) -> None:
+    done = tier3("groups", "reset", "g-1", *strategies,
+                 TIER3_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")  # fmt: skip
+    assert_one_line(done, USAGE, "one" if "--from-file" not in strategies else "--from-file")
+
+
 def test_an_unknown_partition_is_named(kafka: KafkaSettings) -> None:
     done = tier3(
         "replay", "recapture", "--partition", "1", "--partition", "42",

@@ -255,7 +255,7 @@ def test_cli_reset_is_dry_by_default_then_executes_and_undoes(
 def test_cli_refuses_a_missing_strategy(consumed: tuple[KafkaSettings, str]) -> None:
     settings, group = consumed
     result = _tier3(settings, "groups", "reset", group)
-    assert result.returncode != 0
+    assert result.returncode == 2  # bad usage
     assert "choose exactly one" in result.stderr
 
 

@@ -173,11 +173,11 @@ def groups_reset(
                 to_offset is not None,
             )
         ):
-            raise fail("--from-file cannot be combined with another strategy")
+            raise fail("--from-file cannot be combined with another strategy", code=2)
         plan = groups.plan_from_file(group, from_file)
     else:
         if by_duration and to_datetime:
-            raise fail("choose one of --to-datetime and --by-duration")
+            raise fail("choose one of --to-datetime and --by-duration", code=2)
         when = parse_time(to_datetime, "--to-datetime") if to_datetime else None
         if by_duration:
             when = datetime.now(UTC) - parse_duration(by_duration, "--by-duration")

@@ -37,7 +37,7 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AclOperation, AdminClient
 from tier3.streams.kafka import offsets
-from tier3.streams.kafka.errors import NotAuthorized, OperatorError, TopicMissing
+from tier3.streams.kafka.errors import NotAuthorized, OperatorError, TopicMissing, UsageError
 from tier3.streams.kafka.offsets import Partition
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import expected_topics
@@ -259,8 +259,8 @@ class ConsumerGroups:
             )
             if on
         ]
-        if len(chosen) != 1:
-            raise GroupError(
+        if len(chosen) != 1:  # bad usage (exit 2), like a flag that cannot be read
+            raise UsageError(
                 "choose exactly one of --to-earliest, --to-latest, --to-datetime, --shift-by, "
                 "--to-offset (or --from-file)"
             )
