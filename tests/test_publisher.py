@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +96,21 @@ def test_a_backend_that_configures_no_logging_hears_nothing_from_tier3(configure
         assert "tier3.librdkafka" in done.stderr and "Connection refused" in done.stderr
         assert "WARNING:tier3.publisher:kafka client error" in done.stderr
         assert "ERROR:tier3.publisher:event not delivered" in done.stderr
+
+
+def test_a_broker_that_stays_down_is_logged_once_per_kind_of_error() -> None:
+    """librdkafka reports a refused connection at every reconnect attempt; the publisher's log
+    says each kind once (then at most every ERROR_LOG_EVERY_S), not a line every few 100 ms."""
+    settings = KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}", topic_prefix="down.")
+    with capture_logs() as logs:
+        publisher = Publisher(settings, enabled=True)
+        time.sleep(3.0)  # reconnects back off from 100 ms: several attempts, each refused
+        publisher.close(timeout=1)
+    errors = [e for e in logs if e["event"] == "kafka client error"]
+    assert errors, "the refused connection was not logged"
+    codes = [e["code"] for e in errors]
+    assert len(codes) == len(set(codes)), codes
+    assert publisher.stats.last_error
 
 
 def test_full_buffer_drops_counts_and_logs_without_blocking() -> None:

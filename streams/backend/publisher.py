@@ -79,6 +79,7 @@ class PublisherConfig:
 
 _Queued = tuple[str, str, Record]
 IDLE_WAIT_S = 0.1  # the longest an idle sender sleeps before serving delivery reports
+ERROR_LOG_EVERY_S = 10.0  # the most often one kind of client error is logged
 
 
 class Publisher:
@@ -101,6 +102,7 @@ class Publisher:
         self._queue: deque[_Queued] = deque()
         self._in_librdkafka = 0  # refreshed by the sender; bounds the buffer with the queue
         self._last_drop_log = 0.0
+        self._error_log: dict[int, tuple[float, int]] = {}  # code -> (last logged, not logged)
         self._closed = False
         # Set by publish() when the sender may be asleep: an idle sender sleeps on it instead of
         # waking every millisecond, which cost each web worker a few % of a core and, through
@@ -269,8 +271,22 @@ class Publisher:
             )
 
     def _on_error(self, err: KafkaError) -> None:
+        """librdkafka's client errors: with the broker away it reports one every few hundred
+        ms, so each kind is logged at most every ERROR_LOG_EVERY_S, with how many were not."""
         self.stats.last_error = err.str()
-        log.warning("kafka client error", reason=err.str(), fatal=err.fatal())
+        now = time.monotonic()
+        last, unlogged = self._error_log.get(err.code(), (-ERROR_LOG_EVERY_S, 0))
+        if err.fatal() or now - last >= ERROR_LOG_EVERY_S:
+            self._error_log[err.code()] = (now, 0)
+            log.warning(
+                "kafka client error",
+                code=err.name(),
+                reason=err.str(),
+                fatal=err.fatal(),
+                unlogged=unlogged,
+            )
+        else:
+            self._error_log[err.code()] = (last, unlogged + 1)
 
     # -- lifecycle --
 
