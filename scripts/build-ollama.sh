@@ -62,7 +62,7 @@ start=$(date +%s)
 # GOBIN puts the binary in the cache; the module cache is the user's, so a rebuild reuses it.
 GOFLAGS=-mod=mod CGO_ENABLED=1 GOBIN="$cache/bin.partial" \
     CGO_CPPFLAGS="-I$include" CGO_CFLAGS="-O3 $simd" CGO_CXXFLAGS="-O3 $simd" \
-    nice -n 10 go install -trimpath -ldflags="-s -w" "github.com/ollama/ollama@${version}" >&2
+    go install -trimpath -ldflags="-s -w" "github.com/ollama/ollama@${version}" >&2
 mv "$cache/bin.partial" "$cache/bin"
 echo "built ollama ${version} in $(( $(date +%s) - start ))s" >&2
 echo "$(( $(date +%s) - start ))" > "$cache/build-seconds"

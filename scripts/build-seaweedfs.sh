@@ -34,7 +34,7 @@ GOFLAGS=-mod=mod go mod download "github.com/seaweedfs/seaweedfs@${version}" >&2
 source_dir=$(GOFLAGS=-mod=mod go mod download -json "github.com/seaweedfs/seaweedfs@${version}" \
     | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
 (cd "$source_dir" && CGO_ENABLED=0 GOFLAGS=-mod=readonly \
-    nice -n 10 go build -p 2 -trimpath -ldflags="-s -w" -o "$cache/bin.partial/weed" ./weed) >&2
+    go build -p 2 -trimpath -ldflags="-s -w" -o "$cache/bin.partial/weed" ./weed) >&2
 mv "$cache/bin.partial" "$cache/bin"
 echo "built seaweedfs ${version} in $(( $(date +%s) - start ))s" >&2
 echo "$(( $(date +%s) - start ))" > "$cache/build-seconds"

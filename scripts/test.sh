@@ -9,8 +9,10 @@ cd "$(dirname "$0")/.."
 # The two Go builds (Ollama, SeaweedFS: minutes of CPU each on a bare machine, then cached) start
 # first and run beside the install, which mostly waits on the network, and beside the tests
 # that need neither (tests/conftest.py runs those first; a test that needs a binary waits for
-# its build through the build script's lock). Their logs go to .tier3-build/; a failed build
-# only makes the tests that need it skip and say why.
+# its build through the build script's lock). They run at the tests' priority: niced, they took
+# 20 minutes instead of 12 beside the tests, and the tests that wait for them ran last (CI
+# 25 min). Their logs go to .tier3-build/; a failed build only makes the tests that need it
+# skip and say why.
 mkdir -p .tier3-build
 build() {  # build <script> <what>: run it in the background, log to .tier3-build/<what>.log
   if [ -x "scripts/$1" ]; then

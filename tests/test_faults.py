@@ -45,7 +45,7 @@ from tests.support.servers import AnthropicServer, Fault, OllamaServer
 from tests.support.servers.widget_replies import teacher_reply
 from tests.support.stream_workers import Worker, wait_for
 
-pytestmark = [pytest.mark.fault, pytest.mark.slow]
+pytestmark = [pytest.mark.fault, pytest.mark.slow, pytest.mark.timeout(900)]
 
 TIER3 = str(Path(sys.executable).with_name("tier3"))
 MIN_TRACES = 15
@@ -148,18 +148,36 @@ class Pipeline:
     def objects(self) -> Counter[str]:
         return Counter(p.stem for p in self.store_root.rglob("*.json"))
 
-    def settle(self, timeout: float = 240) -> None:
-        """Wait until every sampled query has its trace and its object."""
-        wait_for(
-            lambda: (
-                set(latest_traces(self.settings)) >= self.expected
-                and set(self.objects()) >= self.expected
-            ),
-            timeout,
-            f"traces of all {len(self.expected)} sampled queries",
-            every=2,
-        )
+    def settle(self, timeout: float = 480) -> None:
+        """Wait until every sampled query has its trace and its object.
+
+        The wait is long because CI runs this beside other tests and two Go builds on 2 cores,
+        where a recovery that takes 60 s alone once took over 240 s; a lost job still fails it,
+        and the message then says which queries lack what."""
+        try:
+            wait_for(
+                lambda: (
+                    set(latest_traces(self.settings)) >= self.expected
+                    and set(self.objects()) >= self.expected
+                ),
+                timeout,
+                f"traces of all {len(self.expected)} sampled queries",
+                every=2,
+            )
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; {self._missing()}") from None
         time.sleep(3)  # let anything that would double a trace show itself
+
+    def _missing(self) -> str:
+        """Which sampled queries lack a trace or an object, and whether their job exists."""
+        traced, stored = set(latest_traces(self.settings)), set(self.objects())
+        jobs = {m.key for m in read_all(self.settings, CAPTURE_JOBS, timeout=30)}
+        missing = sorted(self.expected - (traced & stored))
+        return (
+            f"{len(missing)} missing (no trace: {len(self.expected - traced)}, no object: "
+            f"{len(self.expected - stored)}, no capture job: {len(set(missing) - jobs)}): "
+            f"{missing[:5]}"
+        )
 
     def stop(self) -> None:
         self.capture.stop()
