@@ -49,7 +49,14 @@ from tier3.streams.backend.async_router import (
     ollama_student_async,
 )
 from tier3.streams.backend.deployments import DeploymentWatcher
-from tier3.streams.backend.publisher import Publisher, PublisherConfig, PublisherStats
+from tier3.streams.backend.publisher import (
+    EVENTS_METRIC,
+    OUTCOMES,
+    PENDING_METRIC,
+    Publisher,
+    PublisherConfig,
+    PublisherStats,
+)
 from tier3.streams.backend.router import RoutingSettings
 from tier3.streams.kafka.settings import KafkaSettings
 
@@ -60,13 +67,9 @@ log = structlog.get_logger("widget_service")
 # there, and /metrics sums them. Custom collectors are not exported in that mode, so each worker
 # copies its publisher's counts into the two metrics below, which are.
 MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
-OUTCOMES = ("accepted", "delivered", "failed", "dropped", "invalid", "disabled")
-PUBLISHED = Counter(
-    "tier3_publisher_events", "Events handed to publish(), by outcome", ["outcome"], registry=None
-)
+PUBLISHED = Counter(*EVENTS_METRIC, ["outcome"], registry=None)
 PENDING = Gauge(
-    "tier3_publisher_pending",
-    "Events queued, not yet delivered",
+    *PENDING_METRIC,
     multiprocess_mode="livesum",  # the workers alive now
     registry=None,
 )

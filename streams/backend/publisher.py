@@ -334,25 +334,21 @@ class Publisher:
         registry.register(_PublisherCollector(self.stats))
 
 
+# The publisher's Prometheus metrics: their names and help, and the outcomes (PublisherStats'
+# fields) the events metric is labelled by. A service with several worker processes exports the
+# same ones its own way (examples/widget_service).
+EVENTS_METRIC = ("tier3_publisher_events", "Events handed to publish(), by outcome")
+PENDING_METRIC = ("tier3_publisher_pending", "Events queued, not yet delivered")
+OUTCOMES = ("accepted", "delivered", "failed", "dropped", "invalid", "disabled")
+
+
 class _PublisherCollector(Collector):
     def __init__(self, stats: PublisherStats) -> None:
         self._stats = stats
 
     def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
-        events = CounterMetricFamily(
-            "tier3_publisher_events", "Events handed to publish(), by outcome", labels=["outcome"]
-        )
-        s = self._stats
-        for outcome, value in (
-            ("accepted", s.accepted),
-            ("delivered", s.delivered),
-            ("failed", s.failed),
-            ("dropped", s.dropped),
-            ("invalid", s.invalid),
-            ("disabled", s.disabled),
-        ):
-            events.add_metric([outcome], value)
+        events = CounterMetricFamily(*EVENTS_METRIC, labels=["outcome"])
+        for outcome in OUTCOMES:
+            events.add_metric([outcome], getattr(self._stats, outcome))
         yield events
-        yield GaugeMetricFamily(
-            "tier3_publisher_pending", "Events queued, not yet delivered", value=s.pending
-        )
+        yield GaugeMetricFamily(*PENDING_METRIC, value=self._stats.pending)
