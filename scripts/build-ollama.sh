@@ -14,7 +14,8 @@ version="${1:-${TIER3_OLLAMA_VERSION:-v0.17.4}}"
 # cgo's default flags (-O2 -g) target plain x86-64: the served model then runs scalar code, about
 # 10x slower (measured: 2 tokens/s for SmolLM2-135M on one core). x86-64-v3 (AVX2, FMA, F16C:
 # every x86 server since 2015) turns them on; no -g saves compile time. The flags name the cache
-# folder, so a binary built with other flags is never reused.
+# folder, so a binary built with other flags is never reused; streams/demo/ollama_server.py
+# (FLAVOUR) finds the folder by the same name.
 case "$(uname -m)" in
     x86_64) flavour=x86-64-v3; simd="-march=x86-64-v3" ;;
     *) flavour=native; simd="-mcpu=native" ;;
