@@ -46,11 +46,17 @@ def weed_binary() -> Path:
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[LocalS3Server]:
     """The session's real S3 server (stopped at the end of the session)."""
-    server = LocalS3Server(home=TEST_HOME / f"s3-{uuid.uuid4().hex[:8]}", binary=weed_binary())
-    try:
-        server.start()
-    except S3ServerError as exc:
-        pytest.fail(f"the local S3 server did not start: {exc}")
+    # Two tries, each on fresh free ports: with tests in several processes, a port found free
+    # can be taken by another process's server before weed binds it (seen once in CI).
+    for attempt in (1, 2):
+        server = LocalS3Server(home=TEST_HOME / f"s3-{uuid.uuid4().hex[:8]}", binary=weed_binary())
+        try:
+            server.start()
+            break
+        except S3ServerError as exc:
+            shutil.rmtree(server.home, ignore_errors=True)
+            if attempt == 2:
+                pytest.fail(f"the local S3 server did not start: {exc}")
     yield server
     server.stop()
     shutil.rmtree(server.home, ignore_errors=True)
