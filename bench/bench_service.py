@@ -31,6 +31,7 @@ the end: pausing the shared test broker would stall everyone's tests.
 
 Usage (from the repository root):
     python bench/bench_service.py [--rates 500,2000] [--duration 20] [--pause 30] [--workers 8]
+        [--pairs 2] [--lingers 5]
 """
 
 from __future__ import annotations
@@ -396,11 +397,14 @@ def one_run(
         report(ctx["vegeta"], attack(ctx["vegeta"], targets, rate, 3, f"{name}-warmup"))
         load_before = os.getloadavg()[0]
         cpu0, t0 = svc.cpu_seconds(), time.monotonic()
+        broker0 = sum(svc.broker.cpu_times()[:2]) if svc.broker else 0.0
         hook = threading.Thread(target=during, args=(svc,), daemon=True) if during else None
         if hook:
             hook.start()
         results = attack(ctx["vegeta"], targets, rate, seconds, name)
-        cpu = (svc.cpu_seconds() - cpu0) / (time.monotonic() - t0)
+        elapsed = time.monotonic() - t0
+        cpu = (svc.cpu_seconds() - cpu0) / elapsed
+        broker_cpu = (sum(svc.broker.cpu_times()[:2]) - broker0) / elapsed if svc.broker else 0.0
         if hook:
             hook.join()
         out = {
@@ -408,6 +412,7 @@ def one_run(
             "rate_target": rate,
             **report(ctx["vegeta"], results),
             "service_cpu_cores": round(cpu, 2),
+            "broker_cpu_cores": round(broker_cpu, 2),
             "load1": round(load_before, 2),
             "load1_after": round(os.getloadavg()[0], 2),
             "results": results,
@@ -448,7 +453,7 @@ def summary_row(r: dict) -> str:
         f"| {r['name']} | {r['rate_target']} | {r['rate']:.0f} | {r['p50_ms']:.2f} | "
         f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {codes} | "
         f"{variants['teacher']}/{variants['student']}/{variants['student-fallback']} | "
-        f"{r['service_cpu_cores']:.2f} | {r['load1']:.1f} |"
+        f"{r['service_cpu_cores']:.2f} | {r.get('broker_cpu_cores', 0):.2f} | {r['load1']:.1f} |"
     )
 
 
@@ -609,6 +614,15 @@ def main() -> None:
         default=1,
         help="uvicorn worker processes of the service (uvicorn --workers)",
     )
+    parser.add_argument(
+        "--pairs", type=int, default=1, help="how many times each rate's arms run, alternated"
+    )
+    parser.add_argument(
+        "--lingers",
+        default="",
+        help="comma list of publisher linger.ms values, each an extra publishing-on arm "
+        "(the plain 'on' arm has the publisher's default)",
+    )
     parser.add_argument("--teacher-delay", type=float, default=0.1)
     parser.add_argument("--student-delay", type=float, default=0.05)
     parser.add_argument("--skip", default="", help="comma list of: overhead,compare,paused,down")
@@ -632,17 +646,13 @@ def main() -> None:
             overhead = in_process_overhead(ctx["bootstrap"])
         if "compare" not in skip:
             for rate in (int(x) for x in args.rates.split(",")):
-                for mode in ("off", "on"):
-                    runs.append(
-                        one_run(
-                            ctx,
-                            f"publishing-{mode}@{rate}",
-                            rate,
-                            args.duration,
-                            ENABLE_TIER3_CAPTURE=str(mode == "on").lower(),
+                for pair in range(1, args.pairs + 1):
+                    for arm, env in compared_arms(args.lingers):
+                        runs.append(
+                            one_run(ctx, f"publishing-{arm}@{rate}", rate, args.duration, **env)
                         )
-                    )
-                    say(summary_row(runs[-1]))
+                        runs[-1]["pair"] = pair
+                        say(summary_row(runs[-1]))
         if "down" not in skip:
             closed = f"http://127.0.0.1:{free_port()}"
             runs.append(
@@ -679,6 +689,16 @@ def main() -> None:
     print_results(args, runs, paused, overhead)
 
 
+def compared_arms(lingers: str) -> list[tuple[str, dict[str, str]]]:
+    """The arms of the on/off comparison: off, on (the publisher's defaults), and one more
+    publishing arm per ``--lingers`` value."""
+    arms = [("off", {"ENABLE_TIER3_CAPTURE": "false"}), ("on", {"ENABLE_TIER3_CAPTURE": "true"})]
+    for linger in filter(None, lingers.split(",")):
+        env = {"ENABLE_TIER3_CAPTURE": "true", "TIER3_PUBLISHER_LINGER_MS": linger}
+        arms.append((f"on-linger{linger}", env))
+    return arms
+
+
 def print_results(
     args: argparse.Namespace, runs: list[dict], paused: list[dict], overhead: list[dict]
 ) -> None:
@@ -709,21 +729,29 @@ def print_results(
         print()
     print(
         "| run | target/s | achieved/s | p50 ms | p99 ms | max ms | status codes | "
-        "teacher/student/fallback | service CPU (cores) | load1 before |"
+        "teacher/student/fallback | service CPU (cores) | broker CPU (cores) | load1 before |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: |")
     for r in [*runs, *paused]:
         print(summary_row(r))
-    by_name = {r["name"]: r for r in runs}
+    by_name = {(r["name"], r.get("pair")): r for r in runs}
     for rate in args.rates.split(","):
-        on, off = by_name.get(f"publishing-on@{rate}"), by_name.get(f"publishing-off@{rate}")
-        if on and off:
-            print(
-                f"\n{rate}/s: tier3 publishing adds {on['p50_ms'] - off['p50_ms']:+.2f} ms "
-                f"to p50, {on['p99_ms'] - off['p99_ms']:+.2f} ms to p99 (budget +1 ms); on/off: "
-                f"p50 {on['p50_ms'] / off['p50_ms']:.3f}, p99 {on['p99_ms'] / off['p99_ms']:.3f}, "
-                f"max {on['max_ms'] / off['max_ms']:.3f}"
-            )
+        for pair in range(1, args.pairs + 1):
+            off = by_name.get((f"publishing-off@{rate}", pair))
+            for arm, _ in compared_arms(args.lingers)[1:]:
+                on = by_name.get((f"publishing-{arm}@{rate}", pair))
+                if on and off:
+                    print(
+                        f"\n{rate}/s, pair {pair}, {arm}: tier3 publishing adds "
+                        f"{on['p50_ms'] - off['p50_ms']:+.2f} ms to p50, "
+                        f"{on['p99_ms'] - off['p99_ms']:+.2f} ms to p99 (budget +1 ms); on/off: "
+                        f"p50 {on['p50_ms'] / off['p50_ms']:.3f}, "
+                        f"p99 {on['p99_ms'] / off['p99_ms']:.3f}, "
+                        f"max {on['max_ms'] / off['max_ms']:.3f}; CPU "
+                        f"{on['service_cpu_cores'] - off['service_cpu_cores']:+.2f} cores "
+                        f"(service), {on['broker_cpu_cores'] - off['broker_cpu_cores']:+.2f} "
+                        "(broker)"
+                    )
     for p in paused:
         print_paused(p, args.pause_buffer)
 

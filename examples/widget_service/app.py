@@ -90,7 +90,14 @@ class ServiceSettings(BaseSettings):
         5.0, gt=0, description="Timeout of one student request; past it the teacher answers."
     )
     publisher_buffer_messages: int = Field(
-        200_000, ge=1, description="Events held while the broker is away; beyond: dropped."
+        PublisherConfig.buffer_messages,
+        ge=1,
+        description="Events held while the broker is away; beyond: dropped.",
+    )
+    publisher_linger_ms: int = Field(
+        PublisherConfig.linger_ms,
+        ge=0,
+        description="How long an event waits for others to share its request to the broker.",
     )
     watch_deployments: bool = Field(
         True, description="Follow tier3's deployments and rollbacks of the student."
@@ -103,8 +110,13 @@ class ServiceSettings(BaseSettings):
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings, kafka, routing = ServiceSettings(), KafkaSettings(), RoutingSettings()
-    buffer = PublisherConfig(buffer_messages=settings.publisher_buffer_messages)
-    publisher = Publisher(kafka, buffer)
+    publisher = Publisher(
+        kafka,
+        PublisherConfig(
+            buffer_messages=settings.publisher_buffer_messages,
+            linger_ms=settings.publisher_linger_ms,
+        ),
+    )
     if MULTIPROCESS:
         mirror = asyncio.create_task(mirror_publisher(publisher.stats))
     else:
@@ -161,8 +173,8 @@ async def mirror_publisher(stats: PublisherStats, every_s: float = 1.0) -> None:
 
 def copy_counts(stats: PublisherStats, copied: dict[str, int]) -> None:
     for outcome in OUTCOMES:
-        # "delivered" is accepted - failed - invalid - pending, and the sender thread updates
-        # pending a moment after publish() counts an event accepted: it can step back by a few
+        # "delivered" is accepted - failed - pending, and the publisher refreshes pending a
+        # moment after publish() counts an event accepted: it can step back by a few
         # events, which a counter cannot. It is copied when it has grown; it has caught up by
         # the time those events are delivered.
         now, counter = getattr(stats, outcome), PUBLISHED.labels(outcome)

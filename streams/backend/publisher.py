@@ -1,21 +1,31 @@
 """The backend's side of tier3: publish experiences and feedback without ever slowing a request.
 
-``publish()`` only appends the event to an in-memory queue (about a microsecond) and returns; a
-background sender thread encodes it (Avro, several microseconds) and hands it to librdkafka,
-which batches, compresses and delivers it. So the backend's request path never pays for encoding
-or the network, the design analytics clients (Segment's, Sentry's) settled on.
+``publish()`` encodes the event (Avro, about 5 µs) and hands it to librdkafka (about 2 µs),
+on the caller's thread, and returns; librdkafka's own threads batch, compress and deliver it.
+There is no Python sender thread: librdkafka already is one. An earlier design queued events for
+a Python thread to encode, as analytics clients with a blocking HTTP transport do (Segment's,
+Sentry's); in a web worker that thread cost more than it saved. Each event woke it, it and the
+event loop took the GIL from each other (30 times the involuntary context switches of this
+design), and under load the workers' p99 grew by tens of ms (bench/RESULTS.md, issue 13).
 
-When the broker is away, events wait in memory and go out once it is back, within
-``delivery_timeout_ms``. ``buffer_messages`` bounds what waits (queued and in librdkafka
-together). What does not fit is handled by ``on_full``:
+Events wait in librdkafka for ``linger_ms`` (default 100 ms) so that several travel in one
+request. That matters more than it looks: librdkafka sends one ProduceRequest per partition
+(librdkafka#1700), and events keyed by query_id spread over every partition, so at 5 ms a web
+worker publishing 150 events/s over 6 partitions sent one request per event, each costing
+librdkafka's thread and the broker about as much CPU as the whole request it came from.
+
+When the broker is away, events wait in librdkafka and go out once it is back, within
+``delivery_timeout_ms``. ``buffer_messages`` bounds what waits. What does not fit is handled by
+``on_full``:
 
 * ``"drop"`` (default): the event is dropped at once, counted, and logged (at most once a second),
   because a backend must never stall on analytics;
 * ``"block"``: wait up to ``block_ms`` for room, then drop.
 
 The producer is idempotent with ``acks=all``: retries inside librdkafka never duplicate an event.
-A record that does not fit its schema is counted as ``invalid`` and logged, without its content.
-``publish`` takes a shallow copy of the record, so the caller may reuse its dict.
+A record that does not fit its schema is not published: ``publish`` returns False, and it is
+counted as ``invalid`` and logged, without its content. A small thread serves librdkafka's
+reports (errors only) and refreshes ``stats.pending``, waking a few times a second.
 
 From asyncio code (a FastAPI service, ``examples/widget_service``) use ``apublish*``, ``aflush``
 and ``aclose``: none of them sleeps on the event loop, whatever ``on_full`` says.
@@ -26,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -51,25 +60,25 @@ _TOPIC_OF_EVENT = {EXPERIENCE: EXPERIENCES, FEEDBACK: FEEDBACK_TOPIC}
 class PublisherStats:
     """What happened to the events handed to ``publish``; plain ints, read at scrape time."""
 
-    accepted: int = 0
+    accepted: int = 0  # handed to librdkafka
     dropped: int = 0
     failed: int = 0
     invalid: int = 0
     disabled: int = 0
-    pending: int = 0
+    pending: int = 0  # in librdkafka, not yet acknowledged (refreshed a few times a second)
     last_error: str | None = None
     errors_by_reason: dict[str, int] = field(default_factory=dict)
 
     @property
     def delivered(self) -> int:
-        return self.accepted - self.failed - self.invalid - self.pending
+        return self.accepted - self.failed - self.pending
 
 
 @dataclass
 class PublisherConfig:
     buffer_messages: int = 200_000
     buffer_kbytes: int = 256 * 1024
-    linger_ms: int = 5
+    linger_ms: int = 100  # see the module's docstring: librdkafka sends a request per partition
     delivery_timeout_ms: int = 300_000
     on_full: Literal["drop", "block"] = "drop"
     block_ms: int = 50
@@ -77,8 +86,7 @@ class PublisherConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_Queued = tuple[str, str, Record]
-IDLE_WAIT_S = 0.1  # the longest an idle sender sleeps before serving delivery reports
+REPORTS_EVERY_S = 0.2  # the longest librdkafka's error reports wait to be served
 ERROR_LOG_EVERY_S = 10.0  # the most often one kind of client error is logged
 
 
@@ -99,23 +107,17 @@ class Publisher:
         self.stats = PublisherStats()
         self._codec = codec or codec_for(self.settings.framing, self.settings.schema_registry_url)
         self._topics = {event: self.settings.topic(t) for event, t in _TOPIC_OF_EVENT.items()}
-        self._queue: deque[_Queued] = deque()
-        self._in_librdkafka = 0  # refreshed by the sender; bounds the buffer with the queue
         self._last_drop_log = 0.0
         self._error_log: dict[int, tuple[float, int]] = {}  # code -> (last logged, not logged)
-        self._closed = False
-        # Set by publish() when the sender may be asleep: an idle sender sleeps on it instead of
-        # waking every millisecond, which cost each web worker a few % of a core and, through
-        # the GIL, its requests' tail latency.
-        self._wake = threading.Event()
+        self._closed = threading.Event()
         self._producer: Producer | None = None
-        self._sender: threading.Thread | None = None
+        self._reporter: threading.Thread | None = None
         if self.enabled:
             self._producer = Producer(self._producer_config())
-            self._sender = threading.Thread(
-                target=self._send_forever, name="tier3-publisher", daemon=True
+            self._reporter = threading.Thread(
+                target=self._serve_reports, name="tier3-publisher", daemon=True
             )
-            self._sender.start()
+            self._reporter.start()
 
     def _producer_config(self) -> dict[str, Any]:
         c = self.config
@@ -140,23 +142,33 @@ class Publisher:
     # -- the hot path: the caller's thread --
 
     def publish(self, event: str, key: str, record: Record) -> bool:
-        """Queue one event for delivery. Returns at once: True if queued, False if not."""
-        if self._producer is None:
-            if self._closed:
+        """Encode one event and hand it to librdkafka. Returns at once: True if it was taken."""
+        producer = self._producer
+        if producer is None:
+            if self._closed.is_set():
                 raise RuntimeError("publish() after close(): this publisher is closed")
             self.stats.disabled += 1
             return False
-        if event not in self._topics:
+        topic = self._topics.get(event)
+        if topic is None:
             raise ValueError(
                 f"the backend publisher sends Experience and Feedback events, not {event}; "
                 "use tier3.streams.kafka.events.EventProducer for pipeline events"
             )
-        if len(self._queue) + self._in_librdkafka >= self.config.buffer_messages:
-            return self._when_full(event, key, record)
-        self._queue.append((event, key, dict(record)))
+        try:
+            value = self._codec.encode(event, record)
+        except EncodeError as exc:
+            self.stats.invalid += 1
+            self.stats.last_error = str(exc)
+            log.error(
+                "event does not fit its schema; not published", event_type=event, reason=str(exc)
+            )
+            return False
+        try:
+            producer.produce(topic, value, key.encode())
+        except BufferError:
+            return self._when_full(producer, topic, value, key)
         self.stats.accepted += 1
-        if not self._wake.is_set():  # a read, not a lock: most calls find the sender awake
-            self._wake.set()
         return True
 
     def publish_experience(self, record: Record) -> bool:
@@ -191,18 +203,19 @@ class Publisher:
         return await self.apublish(FEEDBACK, record["query_id"], record)
 
     def _full(self) -> bool:
-        return len(self._queue) + self._in_librdkafka >= self.config.buffer_messages
+        return self._producer is not None and len(self._producer) >= self.config.buffer_messages
 
-    def _when_full(self, event: str, key: str, record: Record) -> bool:
+    def _when_full(self, producer: Producer, topic: str, value: bytes, key: str) -> bool:
         if self.config.on_full == "block":
             deadline = time.monotonic() + self.config.block_ms / 1000
-            while time.monotonic() < deadline:
-                time.sleep(0.0005)
-                if len(self._queue) + self._in_librdkafka < self.config.buffer_messages:
-                    self._queue.append((event, key, dict(record)))
-                    self.stats.accepted += 1
-                    self._wake.set()
-                    return True
+            while (left := deadline - time.monotonic()) > 0:
+                producer.poll(min(left, 0.005))  # returns early when a report frees room
+                try:
+                    producer.produce(topic, value, key.encode())
+                except BufferError:
+                    continue
+                self.stats.accepted += 1
+                return True
         self.stats.dropped += 1
         now = time.monotonic()
         if now - self._last_drop_log > 1.0:
@@ -215,45 +228,16 @@ class Publisher:
             )
         return False
 
-    # -- the sender thread --
+    # -- librdkafka's reports: the reporter thread --
 
-    def _send_forever(self) -> None:
-        assert self._producer is not None
-        producer, queue = self._producer, self._queue
-        while not self._closed:  # close() has flushed what it could; the rest is reported
-            # Cleared before the queue is looked at, so an event queued after the look sets it
-            # again and the wait returns at once; delivery reports are served at least every
-            # IDLE_WAIT_S while nothing is queued.
-            self._wake.clear()
-            if not queue:
-                self._wake.wait(IDLE_WAIT_S)
-            sent = 0
-            while queue and sent < 10_000:
-                event, key, record = queue[0]
-                if not self._produce(producer, event, key, record):
-                    break  # librdkafka is full (broker away): keep the event, wait
-                queue.popleft()
-                sent += 1
-            producer.poll(0)
-            self._in_librdkafka = len(producer)
-            self.stats.pending = len(queue) + self._in_librdkafka
-
-    def _produce(self, producer: Producer, event: str, key: str, record: Record) -> bool:
-        try:
-            value = self._codec.encode(event, record)
-        except EncodeError as exc:
-            self.stats.invalid += 1
-            self.stats.last_error = str(exc)
-            log.error(
-                "event does not fit its schema; not published", event_type=event, reason=str(exc)
-            )
-            return True
-        try:
-            producer.produce(self._topics[event], value, key.encode())
-        except BufferError:
-            producer.poll(0.05)
-            return False
-        return True
+    def _serve_reports(self) -> None:
+        producer = self._producer
+        assert producer is not None
+        # poll() waits with the GIL released and returns early when a report comes, so this
+        # thread takes the GIL a few times a second, not once per event.
+        while not self._closed.is_set():
+            producer.poll(REPORTS_EVERY_S)
+            self.stats.pending = len(producer)
 
     def _on_delivery(self, err: KafkaError | None, msg: Message) -> None:
         if err is None:
@@ -291,23 +275,19 @@ class Publisher:
     # -- lifecycle --
 
     def flush(self, timeout: float = 30.0) -> int:
-        """Wait until queued events are delivered (or ``timeout``). Returns how many remain."""
+        """Wait until handed events are delivered (or ``timeout``). Returns how many remain."""
         if self._producer is None:
             return 0
-        deadline = time.monotonic() + timeout
-        while self._queue and time.monotonic() < deadline:
-            time.sleep(0.005)
-        remaining = self._producer.flush(max(0.0, deadline - time.monotonic())) + len(self._queue)
+        remaining = self._producer.flush(timeout)
         self.stats.pending = remaining
         return remaining
 
     def close(self, timeout: float = 30.0) -> int:
         """Flush and stop. Returns the number of events that could not be delivered in time."""
         remaining = self.flush(timeout)
-        self._closed = True
-        self._wake.set()
-        if self._sender is not None:
-            self._sender.join(timeout=1.0)
+        self._closed.set()
+        if self._reporter is not None:
+            self._reporter.join(timeout=1.0)
         # Dropping the client ends librdkafka's threads: a closed publisher must not go on
         # reconnecting to a broker for the rest of the process's life.
         self._producer = None
