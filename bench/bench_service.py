@@ -100,8 +100,9 @@ def free_port() -> int:
 
 
 def start_server(api: str, delay: float) -> tuple[subprocess.Popen, str]:
+    command = [sys.executable, "-m", "tests.support.servers", api, "--delay", str(delay)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.servers", api, "--delay", str(delay)],
+        [*command, "--forget-requests"],  # a million requests: keeping them slows the server
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.PIPE,

@@ -23,6 +23,11 @@ def main() -> None:
     parser.add_argument("--fail-status", type=int, default=0, help="inject this HTTP status")
     parser.add_argument("--fail-times", type=int, default=1, help="on this many requests")
     parser.add_argument("--retry-after", type=float, default=None, help="retry-after seconds")
+    parser.add_argument(
+        "--forget-requests",
+        action="store_true",
+        help="keep no log of the requests (for long loads: the log only grows)",
+    )
     args = parser.parse_args()
     faults = []
     if args.fail_status:
@@ -30,7 +35,10 @@ def main() -> None:
     server_type = AnthropicServer if args.api == "anthropic" else OllamaServer
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    with server_type(port=args.port, delay_s=args.delay, faults=faults) as server:
+    server = server_type(
+        port=args.port, delay_s=args.delay, faults=faults, keep_requests=not args.forget_requests
+    )
+    with server:
         print(server.url, flush=True)
         with contextlib.suppress(KeyboardInterrupt):
             stop.wait()

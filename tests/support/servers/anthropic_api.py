@@ -69,8 +69,9 @@ class AnthropicServer(ServerThread):
         delay_s: float = 0.0,
         faults: Iterable[Fault] = (),
         reply: Reply | None = None,
+        keep_requests: bool = True,
     ) -> None:
-        super().__init__(port, delay_s)
+        super().__init__(port, delay_s, keep_requests)
         self.faults = FaultPlan(faults)
         self.reply = reply or (lambda prompt, body: teacher_reply(prompt))
 
@@ -102,8 +103,9 @@ class AnthropicServer(ServerThread):
         thinking_on = (body.get("thinking") or {}).get("type") == "enabled"
         content: list[dict[str, Any]] = []
         if thinking_on:
-            content.append({"type": "thinking", "thinking": thinking,
-                            "signature": uuid.uuid4().hex})
+            content.append(
+                {"type": "thinking", "thinking": thinking, "signature": uuid.uuid4().hex}
+            )
         content.append({"type": "text", "text": text})
         output_tokens = rough_tokens(text) + (rough_tokens(thinking) if thinking_on else 0)
         return {

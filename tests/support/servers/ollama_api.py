@@ -62,8 +62,9 @@ class OllamaServer(ServerThread):
         faults: Iterable[Fault] = (),
         reply: Reply | None = None,
         models: Iterable[str] | None = None,
+        keep_requests: bool = True,
     ) -> None:
-        super().__init__(port, delay_s)
+        super().__init__(port, delay_s, keep_requests)
         self.faults = FaultPlan(faults)
         self.reply = reply or (lambda prompt, body: student_reply(prompt))
         self.models: set[str] | None = set(models) if models is not None else None
@@ -106,15 +107,20 @@ class OllamaServer(ServerThread):
         if thinking:
             message["reasoning"] = thinking
         prompt_tokens, completion_tokens = rough_tokens(prompt), rough_tokens(text + thinking)
-        return web.json_response({
-            "id": f"chatcmpl-{int(time.time() * 1000)}",
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.get("model", ""),
-            "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                      "total_tokens": prompt_tokens + completion_tokens},
-        })
+        return web.json_response(
+            {
+                "id": f"chatcmpl-{int(time.time() * 1000)}",
+                "object": "chat.completion",
+                "created": int(time.time()),
+                "model": body.get("model", ""),
+                "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                "usage": {
+                    "prompt_tokens": prompt_tokens,
+                    "completion_tokens": completion_tokens,
+                    "total_tokens": prompt_tokens + completion_tokens,
+                },
+            }
+        )
 
     async def _answer(self, body: dict[str, Any], prompt: str) -> tuple[str, str] | web.Response:
         """(thinking, text) for a chat or generate request, or the error to answer with."""
@@ -176,10 +182,21 @@ class OllamaServer(ServerThread):
 
     async def _tags(self, request: web.Request) -> web.Response:
         names = sorted(self.models or ())
-        return web.json_response({"models": [
-            {"name": n, "model": n, "modified_at": _now(), "size": 0, "digest": "0" * 64,
-             "details": {"format": "gguf", "family": "llama"}} for n in names
-        ]})
+        return web.json_response(
+            {
+                "models": [
+                    {
+                        "name": n,
+                        "model": n,
+                        "modified_at": _now(),
+                        "size": 0,
+                        "digest": "0" * 64,
+                        "details": {"format": "gguf", "family": "llama"},
+                    }
+                    for n in names
+                ]
+            }
+        )
 
     async def _create(self, request: web.Request) -> web.Response:
         body = await self._body(request)
@@ -196,9 +213,16 @@ class OllamaServer(ServerThread):
         model = body.get("model", "")
         if self.models is not None and model not in self.models:
             return _error(404, f'model "{model}" not found')
-        return web.json_response({"modelfile": f"FROM {model}", "parameters": "", "template": "",
-                                  "details": {"format": "gguf", "family": "llama"},
-                                  "model_info": {}, "modified_at": _now()})
+        return web.json_response(
+            {
+                "modelfile": f"FROM {model}",
+                "parameters": "",
+                "template": "",
+                "details": {"format": "gguf", "family": "llama"},
+                "model_info": {},
+                "modified_at": _now(),
+            }
+        )
 
     async def _delete(self, request: web.Request) -> web.Response:
         body = await self._body(request)
