@@ -164,10 +164,11 @@ class Publisher:
                 "event does not fit its schema; not published", event_type=event, reason=str(exc)
             )
             return False
+        key_bytes = key.encode()
         try:
-            producer.produce(topic, value, key.encode())
+            producer.produce(topic, value, key_bytes)
         except BufferError:
-            return self._when_full(producer, topic, value, key)
+            return self._when_full(producer, topic, value, key_bytes)
         self.stats.accepted += 1
         return True
 
@@ -205,13 +206,13 @@ class Publisher:
     def _full(self) -> bool:
         return self._producer is not None and len(self._producer) >= self.config.buffer_messages
 
-    def _when_full(self, producer: Producer, topic: str, value: bytes, key: str) -> bool:
+    def _when_full(self, producer: Producer, topic: str, value: bytes, key: bytes) -> bool:
         if self.config.on_full == "block":
             deadline = time.monotonic() + self.config.block_ms / 1000
             while (left := deadline - time.monotonic()) > 0:
                 producer.poll(min(left, 0.005))  # returns early when a report frees room
                 try:
-                    producer.produce(topic, value, key.encode())
+                    producer.produce(topic, value, key)
                 except BufferError:
                     continue
                 self.stats.accepted += 1
