@@ -454,7 +454,7 @@ def summary_row(r: dict) -> str:
         f"| {r['name']} | {r['rate_target']} | {r['rate']:.0f} | {r['p50_ms']:.2f} | "
         f"{r['p99_ms']:.2f} | {r['max_ms']:.1f} | {codes} | "
         f"{variants['teacher']}/{variants['student']}/{variants['student-fallback']} | "
-        f"{r['service_cpu_cores']:.2f} | {r.get('broker_cpu_cores', 0):.2f} | {r['load1']:.1f} |"
+        f"{r['service_cpu_cores']:.2f} | {r['broker_cpu_cores']:.2f} | {r['load1']:.1f} |"
     )
 
 
