@@ -14,12 +14,14 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 from tier3.streams.kafka.errors import TopicMissing
 from tier3.streams.kafka.events import consumer
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import CAPTURE_JOBS, create_named_topics, expected_topics
 from tier3.streams.local.kafka_broker import LocalBroker
 from tier3.streams.ops.consumer_groups import ConsumerGroups, GroupError
+from tier3.streams.ops.group_records import PartitionLag
 
 PER_PARTITION = 10
 
@@ -107,6 +109,34 @@ def test_list_shows_only_groups_on_this_prefix(
     create_named_topics(other, {other.topic(CAPTURE_JOBS): spec})
     assert group not in {g.group for g in ConsumerGroups(other).list()}
     assert group in {g.group for g in ConsumerGroups(other).list(include_all=True)}
+
+
+def test_listing_every_group_while_a_topic_is_deleted_never_fails(
+    consumed: tuple[KafkaSettings, str],
+) -> None:
+    """Another deployment tearing its topics down while ``groups list --all`` runs: for a moment
+    the broker still lists a group's offsets on a topic whose offsets it no longer answers for
+    (seen in CI). Every listing must answer; that group is shown with nothing left to read."""
+    settings, group = consumed
+    full = settings.topic(CAPTURE_JOBS)
+    groups = ConsumerGroups(settings)
+    admin = AdminClient({"bootstrap.servers": settings.bootstrap_servers})
+    deleted = admin.delete_topics([full], operation_timeout=30)[full]
+    listings = 0
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        listed = {g.group: g for g in groups.list(include_all=True)}
+        listings += 1
+        if group not in listed or full not in listed[group].topics:
+            break
+        if deleted.done():
+            assert listed[group].lag in (0, 3 * PER_PARTITION - 12)
+    else:
+        pytest.fail("the group kept its offsets on the deleted topic for 30 s")
+    deleted.result(timeout=10)
+    assert listings >= 1
+    gone = PartitionLag(full, 0, 4, None, None)
+    assert gone.lag == 0  # a partition without a log has nothing left to read
 
 
 def test_reset_dry_run_changes_nothing(consumed: tuple[KafkaSettings, str]) -> None:

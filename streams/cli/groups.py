@@ -55,8 +55,8 @@ def _render_group(d: Any) -> None:
             p.topic,
             str(p.partition),
             committed,
-            str(p.log_start),
-            str(p.log_end),
+            "-" if p.log_start is None else str(p.log_start),
+            "-" if p.log_end is None else str(p.log_end),
             str(p.lag),
             p.member or "-",
         )

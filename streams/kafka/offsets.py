@@ -34,39 +34,51 @@ class OffsetLookupError(OperatorError, RuntimeError):
     """The broker did not answer an offsets request; the message says for which partition."""
 
 
-def _list(admin: AdminClient, parts: list[Partition], spec: Any) -> dict[Partition, int]:
+def _list(
+    admin: AdminClient, parts: list[Partition], spec: Any, missing_ok: bool = False
+) -> dict[Partition, int]:
     found: dict[Partition, int] = {}
     deadline = time.monotonic() + _TIMEOUT
     while parts:
         futures = admin.list_offsets(
             {TopicPartition(t, p): spec for t, p in parts}, request_timeout=_TIMEOUT
         )
-        retry = []
+        failed: dict[Partition, KafkaException] = {}
         for tp, future in futures.items():
             try:
                 found[(tp.topic, tp.partition)] = future.result(timeout=_TIMEOUT).offset
             except KafkaException as exc:
-                # A partition just created, or moving leader, answers "not leader" for a moment.
-                if exc.args[0].retriable() and time.monotonic() < deadline:
-                    retry.append((tp.topic, tp.partition))
-                    continue
-                raise OffsetLookupError(f"offsets of {tp.topic}[{tp.partition}]: {exc}") from exc
+                failed[(tp.topic, tp.partition)] = exc
             except Exception as exc:
                 raise OffsetLookupError(f"offsets of {tp.topic}[{tp.partition}]: {exc}") from exc
-        if retry:
+        if failed and missing_ok:
+            # A topic being deleted fails in several ways (unknown partition, no leader): only
+            # one the broker no longer lists is left out; the others are asked again.
+            alive = existing_topics(admin, {t for t, _ in failed})
+            failed = {tp: exc for tp, exc in failed.items() if tp[0] in alive}
+        parts = []
+        for (t, p), exc in failed.items():
+            # A partition just created, or moving leader, answers "not leader" for a moment.
+            if not exc.args[0].retriable() or time.monotonic() >= deadline:
+                raise OffsetLookupError(f"offsets of {t}[{p}]: {exc}") from exc
+            parts.append((t, p))
+        if parts:
             time.sleep(0.2)
-        parts = retry
     return found
 
 
 def watermarks(
-    admin: AdminClient, partitions: Iterable[Partition]
+    admin: AdminClient, partitions: Iterable[Partition], missing_ok: bool = False
 ) -> dict[Partition, tuple[int, int]]:
-    """``(low, high)`` of each partition: the first retained offset and the next to be written."""
+    """``(low, high)`` of each partition: the first retained offset and the next to be written.
+
+    With ``missing_ok``, partitions of a topic that no longer exists are left out of the answer
+    instead of failing it: a group keeps its offsets on a topic after the topic is deleted.
+    """
     parts = list(partitions)
-    low = _list(admin, parts, OffsetSpec.earliest())
-    high = _list(admin, parts, OffsetSpec.latest())
-    return {p: (low[p], high[p]) for p in parts}
+    low = _list(admin, parts, OffsetSpec.earliest(), missing_ok)
+    high = _list(admin, parts, OffsetSpec.latest(), missing_ok)
+    return {p: (low[p], high[p]) for p in parts if p in low and p in high}
 
 
 def offsets_for_time(

@@ -149,8 +149,10 @@ class ConsumerGroups:
         futures = self.admin.describe_consumer_groups(groups, request_timeout=_TIMEOUT)
         return {g: _result(f, f"describing group {g!r}") for g, f in futures.items()}
 
-    def watermarks(self, partitions: Iterable[Partition]) -> dict[Partition, tuple[int, int]]:
-        return self._offsets(offsets.watermarks, list(partitions))
+    def watermarks(
+        self, partitions: Iterable[Partition], missing_ok: bool = False
+    ) -> dict[Partition, tuple[int, int]]:
+        return self._offsets(offsets.watermarks, list(partitions), missing_ok)
 
     def offsets_for_time(self, partitions: Iterable[Partition], ms: int) -> dict[Partition, int]:
         return self._offsets(offsets.offsets_for_time, list(partitions), ms)
@@ -193,7 +195,9 @@ class ConsumerGroups:
             keys = sorted(set(committed[group]) | set(assigned))
             if keep is None or keep(keys):
                 shapes[group] = (members, assigned, keys)
-        marks = self.watermarks({tp for _, _, keys in shapes.values() for tp in keys})
+        # A group keeps offsets on a deleted topic: shown without a log, never failing the rest.
+        wanted = {tp for _, _, keys in shapes.values() for tp in keys}
+        marks = self.watermarks(wanted, missing_ok=True)
         return {
             group: GroupDescription(
                 group,
@@ -201,7 +205,11 @@ class ConsumerGroups:
                 members,
                 [
                     PartitionLag(
-                        t, p, committed[group].get((t, p)), *marks[(t, p)], assigned.get((t, p))
+                        t,
+                        p,
+                        committed[group].get((t, p)),
+                        *marks.get((t, p), (None, None)),
+                        assigned.get((t, p)),
                     )
                     for t, p in keys
                 ],

@@ -9,17 +9,23 @@ from typing import Any
 
 @dataclass(frozen=True)
 class PartitionLag:
-    """One partition a group reads: where it is, where the log ends, who reads it."""
+    """One partition a group reads: where it is, where the log ends, who reads it.
+
+    ``log_start`` and ``log_end`` are None where the topic no longer exists (the group still has
+    offsets on it): there is nothing left to read, so the lag is 0.
+    """
 
     topic: str
     partition: int
     committed: int | None
-    log_start: int
-    log_end: int
+    log_start: int | None
+    log_end: int | None
     member: str | None = None
 
     @property
     def lag(self) -> int:
+        if self.log_start is None or self.log_end is None:
+            return 0
         start = self.committed if self.committed is not None else self.log_start
         return max(0, self.log_end - max(start, self.log_start))
 
