@@ -225,3 +225,63 @@ def test_mode_still_records_a_stop_by_signal(tmp_path: Path) -> None:
         return before, faust_patches.stopped_by_signal(worker)
 
     assert asyncio.run(scenario()) == (False, True)
+
+
+# --- 6. Commits wait for tier3's writer -----------------------------------------------------
+
+
+class _StandInCommitter:
+    """What Faust's ``Consumer._commit_offsets`` uses of its consumer and app, recording order."""
+
+    def __init__(self, assigned: set[TP], calls: list[str]) -> None:
+        async def flush() -> None:
+            calls.append("flush")
+
+        def on_commit(offsets: object) -> None:
+            calls.append("tables.on_commit")
+
+        self.log = SimpleNamespace(dev=lambda *a, **k: None, info=lambda *a, **k: None)
+        self.in_transaction = False
+        self.app = SimpleNamespace(
+            producer=SimpleNamespace(flush=flush),
+            tables=SimpleNamespace(on_commit=on_commit),
+            monitor=SimpleNamespace(on_tp_commit=lambda offsets: None),
+        )
+        self._committed_offset: dict[TP, int] = {}
+        self._assigned = assigned
+        self._calls = calls
+
+    def assignment(self) -> set[TP]:
+        return self._assigned
+
+    async def _commit(self, offsets: dict[TP, int]) -> bool:
+        self._calls.append("commit")
+        return True
+
+
+def test_faust_still_flushes_app_producer_right_before_it_commits_offsets() -> None:
+    calls: list[str] = []
+    tp = TP("source", 0)
+    committer = _StandInCommitter({tp}, calls)
+    asyncio.run(FaustConsumer._commit_offsets(committer, {tp: 5}))
+    assert calls == ["flush", "commit", "tables.on_commit"], (
+        "Faust's commit no longer goes through app.producer.flush() first: the writer's records "
+        "could be committed past before they are on the broker (faust_patches.flush_also)"
+    )
+
+
+def test_flush_also_makes_the_app_producers_flush_wait_for_the_drain(tmp_path: Path) -> None:
+    app = _app(tmp_path)
+    calls: list[str] = []
+
+    async def upstream() -> None:
+        calls.append("faust")
+
+    async def drain() -> None:
+        await asyncio.sleep(0.05)  # a drain that takes a while: the flush must wait for it
+        calls.append("writer")
+
+    app.producer.flush = upstream
+    faust_patches.flush_also(app, drain)
+    asyncio.run(app.producer.flush())
+    assert calls == ["faust", "writer"]

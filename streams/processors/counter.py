@@ -35,6 +35,7 @@ from typing import Any
 
 import faust
 import structlog
+from confluent_kafka import KafkaError, Message
 from prometheus_client import Counter
 from tier3.schemas import Codec, DecodeError
 from tier3.schemas.registry import TRACE, TRAINING_REQUESTED
@@ -44,6 +45,7 @@ from tier3.streams.processors import faust_app
 from tier3.streams.processors.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
 from tier3.streams.processors.settings import CounterSettings
 from tier3.streams.processors.training_requests import THRESHOLD, training_request
+from tier3.streams.processors.writer import Writer
 
 log = structlog.get_logger("tier3.counter")
 
@@ -84,10 +86,11 @@ class Count:
             app, self.new_traces_name, partitions=1, internal=True,
             retention=7 * 24 * 3600.0,
         )
-        self.requests = faust_app.raw_topic(app, settings.topic(TRAINING_REQUESTS))
+        self.requests = settings.topic(TRAINING_REQUESTS)
         self.counted = faust_app.raw_table(app, "counted", 1)
         self.batches = faust_app.raw_table(app, "batches", 1)
-        self.dead_letters = DeadLetters(app, ROLE, [self.traces])
+        self.writer = Writer(app, settings)
+        self.dead_letters = DeadLetters(self.writer, ROLE)
         self.book = PartitionBook(app, ROLE, [self.traces, self.new_traces_name])
         self.in_flight: set[tuple[str, int]] = set()
         faust_app.each_message(app, self.source, "route", self.route)
@@ -111,9 +114,7 @@ class Count:
             reason = f"key {message.key!r} is not the trace's query_id {trace['query_id']!r}"
             self.dead_letters.send(message, reason, "KeyMismatch")
             return
-        self.new_traces.send_soon(
-            key=self.config.student_model.encode(), value=message.key, partition=0
-        )
+        self.writer.send(self.new_traces_name, self.config.student_model.encode(), message.key, 0)
         EVENTS_IN.labels(ROLE, message.topic, "routed").inc()
 
     # -- step 2: count ---------------------------------------------------------------------------
@@ -126,7 +127,7 @@ class Count:
             EVENTS_IN.labels(ROLE, message.topic, "already_counted").inc()
             return
         state = self._state(model)
-        faust_app.put(self.counted, 0, counted_key, _batch_tag(model, state["open"]))
+        self.writer.put(self.counted, 0, counted_key, _batch_tag(model, state["open"]))
         COUNTED.labels(model).inc()
         EVENTS_IN.labels(ROLE, message.topic, "counted").inc()
         state["count"] += 1
@@ -136,7 +137,7 @@ class Count:
             state["unsent"].append(sealed)
             state["open"] += 1
             state["count"] = 0
-        faust_app.put(self.batches, 0, model.encode(), json.dumps(state).encode())
+        self.writer.put(self.batches, 0, model.encode(), json.dumps(state).encode())
         if sealed is not None:
             self._send_request(model, sealed)
 
@@ -160,25 +161,26 @@ class Count:
         query_ids = self.batch(model, number)
         record = training_request(model, query_ids, THRESHOLD, int(self.clock() * 1000))
         self.in_flight.add((model, number))
-        sent = self.requests.send_soon(
-            key=model.encode(), value=self.codec.encode(TRAINING_REQUESTED, record), partition=0
-        )
-        sent.add_done_callback(partial(self._acknowledged, model, number, record["request_id"]))
+        acknowledged = partial(self._acknowledged, model, number, record["request_id"])
+        value = self.codec.encode(TRAINING_REQUESTED, record)
+        self.writer.send(self.requests, model.encode(), value, 0, on_delivery=acknowledged)
         log.info(
             "training requested", model=model, batch=number, request_id=record["request_id"],
             traces=len(query_ids),
         )
 
-    def _acknowledged(self, model: str, number: int, rid: str, sent: Any) -> None:
+    def _acknowledged(
+        self, model: str, number: int, rid: str, error: KafkaError | None, _: Message
+    ) -> None:
         self.in_flight.discard((model, number))
-        if sent.cancelled() or sent.exception() is not None:
+        if error is not None:
             log.error("training request not delivered; will resend", request_id=rid,
-                      error=repr(sent.exception()))
+                      error=error.str())
             return
         state = self._state(model)
         if number in state["unsent"]:
             state["unsent"].remove(number)
-            faust_app.put(self.batches, 0, model.encode(), json.dumps(state).encode())
+            self.writer.put(self.batches, 0, model.encode(), json.dumps(state).encode())
         REQUESTS_OUT.labels(model).inc()
 
     def resend_unsent(self) -> None:

@@ -16,9 +16,11 @@ What both processors share lives here, once:
   Nothing on local disk needs keeping, so a worker can move to another machine freely.
 * **At-least-once, not Faust's exactly_once.** faust-streaming's transactional mode is known to
   duplicate output and to crash on rebalance (faust-streaming/faust issues 177, 323 and 517), so
-  the processors run at-least-once (Faust flushes every produced record before it commits an
-  input offset) and make their outputs idempotent themselves; docs/stream-processing.md has the
-  details.
+  the processors run at-least-once (every written record is acknowledged before an input
+  offset is committed) and make their outputs idempotent themselves;
+  docs/stream-processing.md has the details.
+* **Faust reads, librdkafka writes.** Every record a processor writes (changelogs, outputs,
+  dead letters) goes through its ``writer.Writer``, one librdkafka producer, not Faust's.
 * **Metrics** on the process' Prometheus registry: events in by outcome, table sizes, consumer lag.
 
 Where tier3 changes Faust's behaviour or reaches into its internals, it does so in
@@ -42,6 +44,7 @@ from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.kafka.topics import DLQ_SUFFIX, TopicSpec, create_named_topics
 from tier3.streams.processors import faust_patches
 from tier3.streams.processors.watchdog import Watchdog, restart_in_place
+from tier3.streams.processors.writer import Writer
 
 log = structlog.get_logger("tier3.faust")
 
@@ -154,42 +157,23 @@ def raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
     return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
 
 
-def put(table: faust.Table, partition: int, key: bytes, value: bytes) -> None:
-    """Set ``key`` in ``table`` and its changelog partition, from inside or outside an event.
-
-    Faust's own ``table[key] = value`` takes the partition from the event being processed, so it
-    fails in timers and delivery callbacks, which have none; the processors' writes all name
-    the partition instead, one way everywhere.
-    """
-    table.data[key] = value
-    table.send_changelog(partition, key, value)
-
-
-def drop(table: faust.Table, partition: int, key: bytes) -> None:
-    """Delete ``key`` from ``table`` and tombstone it in the changelog (see ``put``)."""
-    if table.data.pop(key, None) is not None:
-        table.send_changelog(partition, key, None, value_serializer="raw")
-
-
 class DeadLetters:
     """Sends messages that cannot be processed to ``<topic>.dlq``, with the reason in headers."""
 
-    def __init__(self, app: faust.App, role: str, sources: list[str]) -> None:
+    def __init__(self, writer: Writer, role: str) -> None:
+        self.writer = writer
         self.role = role
-        self._topics = {name: raw_topic(app, name + DLQ_SUFFIX) for name in sources}
 
     def send(self, message: Any, reason: str, error_type: str) -> None:
         """Queue ``message`` (a Faust message) for its dead-letter topic.
 
-        The source offset is not committed before the dead letter is acknowledged: Faust flushes
-        every pending record before it commits, so a crash in between sends the letter again.
+        The source offset is not committed before the dead letter is acknowledged (the commit
+        waits for the writer), so a crash in between sends the letter again.
         """
         headers = dead_letter_headers(
             message.topic, message.partition, message.offset, reason, error_type, self.role
         )
-        self._topics[message.topic].send_soon(
-            key=message.key, value=message.value, headers=headers, partition=0
-        )
+        self.writer.send(message.topic + DLQ_SUFFIX, message.key, message.value, 0, headers)
         EVENTS_IN.labels(self.role, message.topic, "dead_letter").inc()
         log.warning(
             "dead letter",
@@ -290,9 +274,9 @@ def each_batch(
     """Run ``fun`` on the messages of ``topic`` in batches (``Stream.take_events``): up to
     ``size`` messages, or what came within ``within_s``, in one Faust agent ``<app id>.<name>``.
 
-    Faust acks a batch's events only after ``fun`` returns, so everything ``fun`` sends is in
-    the producer buffer before their offsets can be committed (and Faust flushes that buffer
-    before it commits): at-least-once, as with ``each_message``. A batch lets the processor do
+    Faust acks a batch's events only after ``fun`` returns, so everything ``fun`` writes is
+    queued before their offsets can be committed (and the commit waits for the writer):
+    at-least-once, as with ``each_message``. A batch lets the processor do
     per-batch what it would otherwise do per event (clock, metrics); it adds at most
     ``within_s`` of latency.
     """

@@ -7,12 +7,14 @@ behaviour changes, which is the day to check whether the patch can go.
 
 Two patches change Faust's classes, and ``apply()`` installs them (``faust_app.make_app`` calls
 it; it is idempotent): the producer buffer's limit and the consumer's seek after a rebalance.
-Three helpers reach into private attributes because no public API does the job: asking the
-group to rebalance, keeping the start-up spinner off, and telling a stop by signal from a crash.
+One wraps a method of one app's producer: its flush also waits for tier3's own writer. Three
+helpers reach into private attributes because no public API does the job: asking the group to
+rebalance, keeping the start-up spinner off, and telling a stop by signal from a crash.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
@@ -128,3 +130,30 @@ def stopped_by_signal(worker: Any) -> bool:
     (mode/worker.py).
     """
     return worker._signal_stop_time is not None
+
+
+# --- 6. Commits wait for tier3's writer ------------------------------------------------------
+
+
+def flush_also(app: faust.App, drain: Callable[[], Awaitable[None]]) -> None:
+    """Make every flush of ``app``'s producer also await ``drain()``, after Faust's own.
+
+    Behaviour: with ``processing_guarantee='at_least_once'``, Faust awaits
+    ``app.producer.flush()`` right before it commits input offsets
+    (``Consumer._commit_offsets``, faust/transport/consumer.py), before it gives partitions
+    away (``App._on_partitions_revoked``) and as it stops (``App._producer_flush``,
+    faust/app/base.py). The processors write through their own librdkafka producer
+    (``writer``), so that flush must wait for it too, or an offset could be committed before
+    the records its events caused are on the broker. An exception from ``drain`` fails the
+    commit, and Faust crashes the worker. Depends on: those three callers going through
+    ``app.producer.flush`` (the ``App.producer`` property, which makes the producer on first
+    use) and on it being looked up on the instance.
+    """
+    producer = app.producer
+    upstream = producer.flush
+
+    async def flush() -> None:
+        await upstream()
+        await drain()
+
+    producer.flush = flush  # type: ignore[method-assign]

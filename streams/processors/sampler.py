@@ -51,6 +51,7 @@ from typing import Any
 
 import faust
 import structlog
+from confluent_kafka import KafkaError, Message
 from confluent_kafka.admin import AdminClient
 from prometheus_client import Counter, Gauge
 from tier3.schemas import Codec, DecodeError
@@ -63,7 +64,7 @@ from tier3.streams.processors import faust_app
 from tier3.streams.processors.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
 from tier3.streams.processors.sampling import capture_job, decide
 from tier3.streams.processors.settings import SamplerSettings
-from tier3.streams.processors.watchdog import restart_in_place
+from tier3.streams.processors.writer import Writer
 
 log = structlog.get_logger("tier3.sampler")
 
@@ -115,13 +116,14 @@ class Sampler:
         self.experiences = settings.topic(EXPERIENCES)
         self.feedback = settings.topic(FEEDBACK_TOPIC)
         self.source = faust_app.raw_topic(app, self.experiences, self.feedback)
-        self.jobs = faust_app.raw_topic(app, settings.topic(CAPTURE_JOBS))
+        self.jobs = settings.topic(CAPTURE_JOBS)
         self.waiting = faust_app.raw_table(app, "waiting", settings.partitions)
         self.captured = faust_app.raw_table(app, "captured", settings.partitions)
-        self.dead_letters = DeadLetters(app, ROLE, [self.experiences, self.feedback])
+        self.writer = Writer(app, settings)
+        self.dead_letters = DeadLetters(self.writer, ROLE)
         self.book = PartitionBook(app, ROLE, [self.experiences, self.feedback])
         # Jobs sent but not yet acknowledged: their query is decided, though no table says so yet.
-        self.in_flight: dict[bytes, float] = {}  # job key → when it was handed to Faust
+        self.in_flight: set[bytes] = set()
         # Deadlines in the order they fall due, per table; rebuilt from the table after a
         # rebalance, appended to as entries are written (deadlines only grow, so they stay sorted).
         self._due: dict[str, deque[tuple[int, bytes]]] = {"waiting": deque(), "captured": deque()}
@@ -154,6 +156,7 @@ class Sampler:
                 outcomes[(message.topic, outcome)] += 1
         for (topic, outcome), count in outcomes.items():
             EVENTS_IN.labels(ROLE, topic, outcome).inc(count)
+        self.writer.serve()
 
     def handle(self, message: Any) -> str | None:
         """Take one message a step further; what became of it (None: a dead letter, counted)."""
@@ -190,7 +193,7 @@ class Sampler:
         if held is None:
             deadline = int((self.clock() + self.config.sampling_timeout_s) * 1000)
             kind = _KIND_EXPERIENCE if is_experience else _KIND_FEEDBACK
-            faust_app.put(self.waiting, partition, key, kind + _head(deadline, partition) + raw)
+            self.writer.put(self.waiting, partition, key, kind + _head(deadline, partition) + raw)
             self._due["waiting"].append((deadline, key))
             return "waiting"
         held_is_experience = held[:1] == _KIND_EXPERIENCE
@@ -210,25 +213,24 @@ class Sampler:
     ) -> None:
         reason = decide(experience, feedback, self.policy)
         if reason is None:
-            faust_app.drop(self.waiting, partition, key)
+            self.writer.drop(self.waiting, partition, key)
             self._count_decision("skipped")
             return
         job = capture_job(experience, feedback, reason, int(self.clock() * 1000))
-        self.in_flight[key] = time.monotonic()
-        sent = self.jobs.send_soon(
-            key=key, value=self.codec.encode(CAPTURE_JOB, job), partition=partition
-        )
-        sent.add_done_callback(partial(self._job_acknowledged, partition, key, reason))
+        self.in_flight.add(key)
+        acknowledged = partial(self._job_acknowledged, partition, key, reason)
+        value = self.codec.encode(CAPTURE_JOB, job)
+        self.writer.send(self.jobs, key, value, partition, on_delivery=acknowledged)
 
-    def _job_acknowledged(self, partition: int, key: bytes, reason: str, sent: Any) -> None:
-        self.in_flight.pop(key, None)
-        if sent.cancelled() or sent.exception() is not None:
+    def _job_acknowledged(
+        self, partition: int, key: bytes, reason: str, error: KafkaError | None, sent: Message
+    ) -> None:
+        self.in_flight.discard(key)
+        if error is not None:
             # The query still waits in the table, so the sweep decides it again at its deadline.
-            log.error(
-                "capture job not delivered", query_id=key.decode(), error=repr(sent.exception())
-            )
+            log.error("capture job not delivered", query_id=key.decode(), error=error.str())
             return
-        self._mark_captured(partition, key, sent.result().offset, reason)
+        self._mark_captured(partition, key, sent.offset(), reason)
         JOBS_OUT.labels(reason).inc()
         self._count_decision("captured")
 
@@ -237,15 +239,15 @@ class Sampler:
         # the marker in the changelog or finds the job in capture-jobs (see ``_reconcile``).
         expires = int((self.clock() + self.config.dedupe_window_s) * 1000)
         marker = _MARK.pack(expires, partition, job_offset) + reason.encode()
-        faust_app.put(self.captured, partition, key, marker)
+        self.writer.put(self.captured, partition, key, marker)
         self._due["captured"].append((expires, key))
-        faust_app.drop(self.waiting, partition, key)
+        self.writer.drop(self.waiting, partition, key)
 
     def _let_go_now(self, partition: int, key: bytes, held: bytes | None) -> None:
         """Let an unchosen query go at its experience: remember it in memory, write nothing
         (but remove the feedback that came first, if it waits in the table)."""
         if held is not None:
-            faust_app.drop(self.waiting, partition, key)
+            self.writer.drop(self.waiting, partition, key)
         self.let_go[key] = int((self.clock() + self.config.sampling_timeout_s) * 1000)
         if len(self.let_go) > LET_GO_REMEMBERED:
             self.let_go.popitem(last=False)
@@ -290,7 +292,7 @@ class Sampler:
             if entry_deadline != deadline:
                 continue  # a newer entry under the same key; it has its own place in the queue
             if on_expiry is None:
-                faust_app.drop(table, partition, key)
+                self.writer.drop(table, partition, key)
             else:
                 on_expiry(key, value)
 
@@ -298,7 +300,7 @@ class Sampler:
         _, partition = _HEAD.unpack_from(value, 1)
         if value[:1] == _KIND_FEEDBACK:
             # Feedback whose experience never came (or was decided long ago): nothing to capture.
-            faust_app.drop(self.waiting, partition, key)
+            self.writer.drop(self.waiting, partition, key)
             EVENTS_IN.labels(ROLE, self.feedback, "expired_without_experience").inc()
             return
         experience = self.codec.decode(value[1 + _HEAD.size :]).record
@@ -337,7 +339,7 @@ class Sampler:
         these behind; reading them back keeps their queries from being decided a second time.
         Where a partition has no marker, the last ``dedupe_window`` is read.
         """
-        topic = self.jobs.get_topic_name()
+        topic = self.jobs
         admin = AdminClient(self.settings.client_config())
         ends = offsets.watermarks(admin, [(topic, p) for p in latest])
         window_start = int((self.clock() - self.config.dedupe_window_s) * 1000)
@@ -383,18 +385,6 @@ class Sampler:
         TABLE_ENTRIES.labels(ROLE, "captured").set(len(self.captured.data))
         TABLE_ENTRIES.labels(ROLE, "in_flight").set(len(self.in_flight))
         TABLE_ENTRIES.labels(ROLE, "let_go").set(len(self.let_go))
-        # After a restart's recovery, faust-streaming 0.15 has been seen to hold jobs handed to
-        # send_soon() forever: nothing acknowledged, nothing decided after. A job is a small
-        # record that the broker acknowledges in milliseconds, so half a minute means stuck.
-        oldest = min(self.in_flight.values(), default=None)
-        if oldest is not None and time.monotonic() - oldest > UNACKNOWLEDGED_RESTART_S:
-            restart_in_place(
-                f"{len(self.in_flight)} capture jobs unacknowledged for "
-                f"{UNACKNOWLEDGED_RESTART_S:.0f}s"
-            )
-
-
-UNACKNOWLEDGED_RESTART_S = 30.0
 
 
 def build(
