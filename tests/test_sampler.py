@@ -117,7 +117,9 @@ def test_capture_jobs_are_exactly_what_the_policy_says(
             assert job["rating"] == ratings.get(job["query_id"])
 
         assert worker.metric("tier3_sampler_jobs_total") == len(expected)
-        assert worker.metric("tier3_sampler_sampling_rate") == pytest.approx(len(expected) / 300)
+        # The rate is published with the table sizes, every 2 s.
+        wait_for(lambda: worker.metric("tier3_sampler_sampling_rate")
+                 == pytest.approx(len(expected) / 300), 10, "the sampling rate of all 300")
         assert worker.metric("tier3_processor_events_total{outcome=") == len(events)
         # Every query was decided, so nothing waits; only the captured ones are remembered.
         # (Table sizes and lag are sampled every 2 s.)

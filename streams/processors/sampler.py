@@ -129,6 +129,7 @@ class Sampler:
         self._due: dict[str, deque[tuple[int, bytes]]] = {"waiting": deque(), "captured": deque()}
         self._owned: set[int] | None = None
         self._decided = {"captured": 0, "skipped": 0}
+        self._decision_counters = {o: DECISIONS.labels(o) for o in self._decided}
         # Decide at the experience when no rule in force needs the feedback (see the docstring).
         self.at_sight = not self.policy.needs_feedback
         self.let_go: OrderedDict[bytes, int] = OrderedDict()  # key → when to forget it (ms)
@@ -254,10 +255,9 @@ class Sampler:
         self._count_decision("skipped")
 
     def _count_decision(self, outcome: str) -> None:
+        # The counters' children once, not a label lookup per decision; the rate on report().
         self._decided[outcome] += 1
-        DECISIONS.labels(outcome).inc()
-        total = self._decided["captured"] + self._decided["skipped"]
-        SAMPLING_RATE.set(self._decided["captured"] / total)
+        self._decision_counters[outcome].inc()
 
     # -- timers ----------------------------------------------------------------------------------
 
@@ -385,6 +385,9 @@ class Sampler:
         TABLE_ENTRIES.labels(ROLE, "captured").set(len(self.captured.data))
         TABLE_ENTRIES.labels(ROLE, "in_flight").set(len(self.in_flight))
         TABLE_ENTRIES.labels(ROLE, "let_go").set(len(self.let_go))
+        decided = self._decided["captured"] + self._decided["skipped"]
+        if decided:
+            SAMPLING_RATE.set(self._decided["captured"] / decided)
 
 
 def build(
