@@ -22,7 +22,7 @@ def _writer(kafka: KafkaSettings, tmp_path: Path, **options: float) -> tuple[Wri
     app = faust_app.make_app(kafka, "writer-test", tmp_path / "app")
     table = faust_app.raw_table(app, "waiting", kafka.partitions)
     faust_app.create_internal_topics(app, kafka)
-    return Writer(app, kafka, **options), table
+    return Writer(kafka, "writer-test", **options), table
 
 
 def test_a_drained_writer_has_every_record_on_the_broker_in_order(

@@ -45,7 +45,6 @@ from tier3.streams.processors import faust_app
 from tier3.streams.processors.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
 from tier3.streams.processors.settings import CounterSettings
 from tier3.streams.processors.training_requests import THRESHOLD, training_request
-from tier3.streams.processors.writer import Writer
 
 log = structlog.get_logger("tier3.counter")
 
@@ -89,7 +88,7 @@ class Count:
         self.requests = settings.topic(TRAINING_REQUESTS)
         self.counted = faust_app.raw_table(app, "counted", 1)
         self.batches = faust_app.raw_table(app, "batches", 1)
-        self.writer = Writer(app, settings)
+        self.writer = faust_app.writer(app, settings)
         self.dead_letters = DeadLetters(self.writer, ROLE)
         self.book = PartitionBook(app, ROLE, [self.traces, self.new_traces_name])
         self.in_flight: set[tuple[str, int]] = set()

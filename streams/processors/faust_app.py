@@ -157,6 +157,18 @@ def raw_table(app: faust.App, name: str, partitions: int) -> faust.Table:
     return app.Table(name, partitions=partitions, key_type=bytes, value_type=bytes)
 
 
+WRITER_SERVE_EVERY_S = 0.05  # how often delivery reports are served when no batch comes
+
+
+def writer(app: faust.App, settings: KafkaSettings) -> Writer:
+    """The worker's one ``Writer``: Faust's commits wait for it (``faust_patches.flush_also``),
+    and a timer serves its delivery reports between batches."""
+    made = Writer(settings, client_id=f"{app.conf.id}-writer")
+    faust_patches.flush_also(app, made.drain)
+    every(app, WRITER_SERVE_EVERY_S, made.serve)
+    return made
+
+
 class DeadLetters:
     """Sends messages that cannot be processed to ``<topic>.dlq``, with the reason in headers."""
 

@@ -64,7 +64,6 @@ from tier3.streams.processors import faust_app
 from tier3.streams.processors.faust_app import EVENTS_IN, TABLE_ENTRIES, DeadLetters, PartitionBook
 from tier3.streams.processors.sampling import capture_job, decide
 from tier3.streams.processors.settings import SamplerSettings
-from tier3.streams.processors.writer import Writer
 
 log = structlog.get_logger("tier3.sampler")
 
@@ -119,7 +118,7 @@ class Sampler:
         self.jobs = settings.topic(CAPTURE_JOBS)
         self.waiting = faust_app.raw_table(app, "waiting", settings.partitions)
         self.captured = faust_app.raw_table(app, "captured", settings.partitions)
-        self.writer = Writer(app, settings)
+        self.writer = faust_app.writer(app, settings)
         self.dead_letters = DeadLetters(self.writer, ROLE)
         self.book = PartitionBook(app, ROLE, [self.experiences, self.feedback])
         # Jobs sent but not yet acknowledged: their query is decided, though no table says so yet.

@@ -13,17 +13,18 @@ sampler's profile put 39% of that loop in this path at about one record per even
 own threads.
 
 **At-least-once holds as before.** Faust flushes its producer before it commits an input offset
-(on the commit timer, before a rebalance gives partitions away, and on stop). ``Writer``
-hooks that flush (``faust_patches.flush_also``), so the commit waits until every record written
-so far is acknowledged. A record the broker refuses for good (after librdkafka's retries, up to
-``message.timeout.ms``) leaves the tables ahead of their changelogs: from then on every flush
-raises, no offset is committed again, Faust crashes the worker and it restarts in place (see
-``watchdog``), rebuilding its tables from the changelogs and reading again from the last
-commit. Idempotence keeps each partition's records in the order they were written, so a put
-and the tombstone after it never swap.
+(on the commit timer, before a rebalance gives partitions away, and on stop).
+``faust_app.writer`` hooks the writer into that flush (``faust_patches.flush_also``), so the
+commit waits until every record written so far is acknowledged. A record the broker refuses for
+good (after librdkafka's retries, up to ``message.timeout.ms``) leaves the tables ahead of their
+changelogs: from then on every flush raises, no offset is committed again, Faust crashes the
+worker and it restarts in place (see ``watchdog``), rebuilding its tables from the changelogs
+and reading again from the last commit. Idempotence keeps each partition's records in the order
+they were written, so a put and the tombstone after it never swap.
 
 Delivery callbacks run on the event loop: librdkafka calls them from ``poll``, which ``serve``
-(each batch, and a timer) and the flush make there. So callbacks never race the stream.
+(each batch, and ``faust_app.writer``'s timer) and the flush make there. So callbacks never
+race the stream.
 """
 
 from __future__ import annotations
@@ -35,13 +36,11 @@ import faust
 import structlog
 from confluent_kafka import KafkaError, Message, Producer
 from tier3.streams.kafka.settings import KafkaSettings
-from tier3.streams.processors import faust_patches
 
 log = structlog.get_logger("tier3.writer")
 
 Delivered = Callable[[KafkaError | None, Message], None]
 
-SERVE_EVERY_S = 0.05  # how often delivery reports are served when no batch comes
 _FULL_WAIT_S = 0.05  # how long a produce waits for room when librdkafka's queue is full
 
 
@@ -54,13 +53,16 @@ class Writer:
 
     def __init__(
         self,
-        app: faust.App,
         settings: KafkaSettings,
+        client_id: str,
         linger_ms: float = 5.0,
         delivery_timeout_s: float = 300.0,
     ) -> None:
         """``delivery_timeout_s``: how long librdkafka retries a record (the broker away, say)
-        before it fails for good, and with it the worker (librdkafka's default)."""
+        before it fails for good, and with it the worker (librdkafka's default).
+
+        A worker's writer is made by ``faust_app.writer``, which hooks it into Faust's commits
+        and serves its delivery reports on a timer."""
         self.producer = Producer(
             {
                 **settings.client_config(),
@@ -68,12 +70,10 @@ class Writer:
                 "acks": "all",
                 "linger.ms": linger_ms,
                 "message.timeout.ms": int(delivery_timeout_s * 1000),
-                "client.id": f"{app.conf.id}-writer",
+                "client.id": client_id,
             }
         )
         self.failure: str | None = None
-        faust_patches.flush_also(app, self.drain)
-        app.timer(SERVE_EVERY_S, name=f"{app.conf.id}.writer")(self._serve_soon)
 
     # -- writing ---------------------------------------------------------------------------------
 
@@ -129,9 +129,6 @@ class Writer:
         """Run the delivery callbacks that are due, here and now (on the event loop)."""
         self.producer.poll(0)
 
-    async def _serve_soon(self) -> None:
-        self.serve()
-
     async def drain(self) -> None:
         """Wait until every record queued so far is answered; ``WriteFailed`` if one failed.
 
@@ -144,8 +141,3 @@ class Writer:
         self.producer.poll(0)
         if self.failure is not None:
             raise WriteFailed(f"a write was never acknowledged ({self.failure})")
-
-    def close(self, timeout: float = 30.0) -> int:
-        """Flush what is left (blocking); the number of records still not answered."""
-        return self.producer.flush(timeout)
-
