@@ -15,12 +15,14 @@ Parts, each on its own fresh topic prefix, with one worker process (``tier3 run 
    Also on the same backlog: **a hot path outside Faust**, the sampler's logic (decode, key
    check, decide at the experience, the join for chosen queries) on a librdkafka consumer that
    produces the same changelog records and jobs with a librdkafka producer: what the design
-   would give without Faust's per-record machinery.
+   would give without Faust's per-record machinery. The table writes (changelog records) per
+   event are counted for both.
    ``--pairs N`` repeats the sampler and no-op drains N times, alternated, each pair on a
    fresh copy of the backlog: one drain of each varies by up to 25% between runs.
-2b. **scale-out**: ``--workers`` (default 1 and 2) sampler processes in one group on a fresh
-   copy of the backlog; the rate is taken from the moment every worker has read an event, per
-   worker and in total. The table writes (changelog records) per event are counted too.
+2b. **scale-out**: ``--workers`` (default 1 and 2) sampler processes in one group on fresh,
+   empty topics; once every worker owns its share of the partitions, the backlog is published
+   (so no worker drains alone while another joins), and the rate is taken from the moment
+   every worker has read an event, per worker and in total.
 3. **where the time goes**: the sampler's own per-event work timed in-process (decode, decide,
    job encode), to set against the rates above; ``--profile FILE`` also records the
    one-worker drain with py-spy (``--py-spy PATH``), collapsed stacks in FILE.
@@ -40,10 +42,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import timeit
 import urllib.request
 import uuid
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
@@ -132,17 +137,60 @@ def publish_backlog(settings: KafkaSettings, queries: int, seed: int) -> int:
     return counts[EXPERIENCE] + counts[FEEDBACK]
 
 
+def partitions_owned(port: int, topic: str) -> set[int]:
+    """The partitions of ``topic`` the worker reports lag for: those assigned to it (its
+    partition check runs every 2 s)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+    except OSError:
+        return set()
+    return {
+        int(s.labels["partition"])
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "tier3_processor_consumer_lag" and s.labels.get("topic") == topic
+    }
+
+
+def wait_for_assignment(
+    ports: list[int], processes: list[subprocess.Popen], topic: str, partitions: int
+) -> None:
+    """Until the workers own all of ``topic``'s partitions between them, each some and none
+    twice, in two checks in a row (a rebalance still under way shows as overlap or a gap)."""
+    settled = 0
+    deadline = time.monotonic() + 180
+    while settled < 2:
+        if time.monotonic() > deadline:
+            raise TimeoutError("the workers did not share the partitions in 3 minutes")
+        if any(p.poll() is not None for p in processes):
+            raise RuntimeError("a worker exited")
+        owned = [partitions_owned(port, topic) for port in ports]
+        shared = all(owned) and sum(map(len, owned)) == partitions == len(set().union(*owned))
+        settled = settled + 1 if shared else 0
+        time.sleep(2.1)
+
+
 def timed_drain(
     settings: KafkaSettings, command: list[str], total: int, workers: int = 1,
-    profile: tuple[str, str] | None = None,
+    profile: tuple[str, str] | None = None, publish: Callable[[], object] | None = None,
 ) -> dict[str, float]:
-    """Start ``workers`` workers on a published backlog; time them from the moment each has
-    read an event until all of it is read. ``profile`` = (py-spy, output file) records the
-    first worker meanwhile."""
+    """Start ``workers`` workers and time them from the moment each has read an event until
+    all ``total`` events are read. Without ``publish`` the backlog is on the topics already;
+    with it, ``publish`` (in a thread) writes the backlog once every worker owns its share of
+    the partitions, so no worker drains alone while the others join. ``profile`` = (py-spy,
+    output file) records the first worker meanwhile."""
     ports = free_ports(workers)
     processes = [start(settings, command, port) for port in ports]
     spy = None
+    publisher = None
     try:
+        if publish is not None:
+            wait_for_assignment(
+                ports, processes, settings.topic(EXPERIENCES), settings.partitions
+            )
+            publisher = threading.Thread(target=publish, name="publish-backlog")
+            publisher.start()
         first_at = None
         first: list[float] = []
         deadline = time.monotonic() + 900
@@ -166,6 +214,8 @@ def timed_drain(
             time.sleep(0.1)
         raise TimeoutError("the workers did not read the backlog in 15 minutes")
     finally:
+        if publisher is not None:
+            publisher.join()
         if spy is not None:
             spy.wait(60)
         for process in processes:
@@ -178,6 +228,11 @@ def fresh_copy(backlog: KafkaSettings, args: argparse.Namespace) -> KafkaSetting
     settings = fresh(args.bootstrap, args.partitions)
     publish_backlog(settings, args.events, args.seed)
     return settings
+
+
+def backlog_size(args: argparse.Namespace) -> int:
+    """How many events ``--events`` queries make (the simulation is seeded)."""
+    return sum(1 for _ in simulate(args.events, args.seed))
 
 
 def table_writes(settings: KafkaSettings) -> int:
@@ -402,10 +457,13 @@ def main() -> None:
         # --workers 1 2 1 2 alternates: one-worker drains vary by up to 25% within a run, so
         # each multi-worker drain is set against the one-worker drain before it and the mean.
         drains: list[tuple[int, dict]] = []
+        total = backlog_size(args)
         for n in args.workers:
             backlog = fresh(args.bootstrap, args.partitions)
-            total = publish_backlog(backlog, args.events, args.seed)
-            r = timed_drain(backlog, sampler_command, total, workers=n)
+            r = timed_drain(
+                backlog, sampler_command, total, workers=n,
+                publish=partial(publish_backlog, backlog, args.events, args.seed),
+            )
             drains.append((n, r))
             per = ", ".join(f"{x:.0f}" for x in r["per_worker"])
             print(f"{n} worker(s) on {args.partitions} partitions: {r['rate']:.0f} events/s "
