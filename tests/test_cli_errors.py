@@ -4,6 +4,7 @@ listens on) and the real SASL broker with wrong credentials; no secret on any co
 
 from __future__ import annotations
 
+import gc
 import os
 import stat
 import subprocess
@@ -12,6 +13,8 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 from tier3.streams.kafka.settings import KafkaSettings
 from tier3.streams.local.sasl_broker import ScramUser
 
@@ -75,6 +78,25 @@ def test_status_says_the_broker_is_down_and_exits_3() -> None:
     done = tier3("status", TIER3_BOOTSTRAP_SERVERS=f"127.0.0.1:{free_port()}")
     assert done.returncode == UNREACHABLE and "not reachable" in done.stdout
     assert "Traceback" not in done.stderr
+
+
+def _kafka_clients() -> set[int]:
+    gc.collect()
+    kinds = (Producer, Consumer, AdminClient)
+    return {id(o) for o in gc.get_objects() if isinstance(o, kinds)}
+
+
+def test_a_failed_status_leaves_no_kafka_client_alive() -> None:
+    # A client still alive at exit runs its threads while the interpreter tears down: `tier3
+    # status` with a wrong password once died of SIGSEGV in CI, after printing its last line.
+    # Reading the error ran a Kafka call inside collect's except block, and confluent-kafka then
+    # kept the handled exception for good, with the frames and the admin client it refers to.
+    from tier3.streams.ops.status import collect
+
+    before = _kafka_clients()
+    status = collect(KafkaSettings(bootstrap_servers=f"127.0.0.1:{free_port()}"))
+    assert status.exit_code == UNREACHABLE and "not reachable" in status.errors[0]
+    assert _kafka_clients() - before == set()
 
 
 def test_debug_shows_the_traceback() -> None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import TYPE_CHECKING
 
@@ -154,6 +155,16 @@ def probe(settings: KafkaSettings, timeout_s: float = 6.0) -> KafkaError | None:
     the reason (refused, bad credentials, TLS) is reported on the client's error callback. This
     asks a throw-away producer for it, the way ``kcat -L`` reports why it cannot connect.
     """
+    # On a thread of its own, where no exception is being handled. ``explain`` runs in except
+    # blocks, and a KafkaException raised there by confluent-kafka (2.16) keeps the handled
+    # exception alive for good: its traceback's frames, and the clients they hold, are never
+    # freed. A client never destroyed still runs its threads while the interpreter exits, and
+    # ``tier3 status`` with a wrong password crashed so (SIGSEGV after its last line) in CI.
+    with ThreadPoolExecutor(1, thread_name_prefix="tier3-probe") as pool:
+        return pool.submit(_probe, settings, timeout_s).result()
+
+
+def _probe(settings: KafkaSettings, timeout_s: float) -> KafkaError | None:
     seen: list[KafkaError] = []
     try:
         config = {**settings.client_config(), "error_cb": seen.append, "log_level": 0}
