@@ -42,17 +42,18 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import timeit
 import urllib.request
 import uuid
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 from tier3.schemas import SingleObjectCodec
 from tier3.schemas.registry import CAPTURE_JOB, EXPERIENCE, FEEDBACK
 from tier3.streams.backend.publisher import Publisher
@@ -93,19 +94,23 @@ def free_ports(count: int) -> list[int]:
             s.close()
 
 
-def events_read(port: int) -> float | None:
-    """Events the worker read so far (all outcomes), from its metrics; None if not up."""
+def metric_samples(port: int, name: str) -> list[Sample] | None:
+    """The samples of metric ``name`` the worker on ``port`` exposes; None if it is not up."""
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
             text = r.read().decode()
     except OSError:
         return None
-    return sum(
-        s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "tier3_processor_events_total"
-    )
+    return [
+        s for family in text_string_to_metric_families(text) for s in family.samples
+        if s.name == name
+    ]
+
+
+def events_read(port: int) -> float | None:
+    """Events the worker read so far (all outcomes), from its metrics; None if not up."""
+    samples = metric_samples(port, "tier3_processor_events_total")
+    return None if samples is None else sum(s.value for s in samples)
 
 
 def start(settings: KafkaSettings, command: list[str], port: int) -> subprocess.Popen:
@@ -140,17 +145,8 @@ def publish_backlog(settings: KafkaSettings, queries: int, seed: int) -> int:
 def partitions_owned(port: int, topic: str) -> set[int]:
     """The partitions of ``topic`` the worker reports lag for: those assigned to it (its
     partition check runs every 2 s)."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
-            text = r.read().decode()
-    except OSError:
-        return set()
-    return {
-        int(s.labels["partition"])
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-        if s.name == "tier3_processor_consumer_lag" and s.labels.get("topic") == topic
-    }
+    samples = metric_samples(port, "tier3_processor_consumer_lag") or []
+    return {int(s.labels["partition"]) for s in samples if s.labels.get("topic") == topic}
 
 
 def wait_for_assignment(
@@ -183,14 +179,14 @@ def timed_drain(
     ports = free_ports(workers)
     processes = [start(settings, command, port) for port in ports]
     spy = None
-    publisher = None
+    publishing = ThreadPoolExecutor(1, thread_name_prefix="publish-backlog")
+    published = None
     try:
         if publish is not None:
             wait_for_assignment(
                 ports, processes, settings.topic(EXPERIENCES), settings.partitions
             )
-            publisher = threading.Thread(target=publish, name="publish-backlog")
-            publisher.start()
+            published = publishing.submit(publish)
         first_at = None
         first: list[float] = []
         deadline = time.monotonic() + 900
@@ -211,11 +207,12 @@ def timed_drain(
                         "per_worker": per_worker}
             if any(p.poll() is not None for p in processes):
                 raise RuntimeError("a worker exited")
+            if published is not None and published.done():
+                published.result()  # raises what made publishing fail
             time.sleep(0.1)
         raise TimeoutError("the workers did not read the backlog in 15 minutes")
     finally:
-        if publisher is not None:
-            publisher.join()
+        publishing.shutdown(wait=True)
         if spy is not None:
             spy.wait(60)
         for process in processes:
