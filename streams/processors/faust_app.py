@@ -37,6 +37,7 @@ from typing import Any
 
 import faust
 import structlog
+from aiokafka.errors import IllegalStateError
 from faust.types import TP
 from prometheus_client import Counter, Gauge
 from tier3.streams.kafka.dead_letters import dead_letter_headers
@@ -249,7 +250,13 @@ class PartitionBook:
             # read yet here, the consumer's position (the committed offset it starts from).
             position = self.read.get(tp, -1) + 1
             if position == 0:
-                position = await consumer.position(tp) or 0
+                try:
+                    position = await consumer.position(tp) or 0
+                except IllegalStateError:
+                    # Given away by a rebalance while the end offsets were asked: not ours to
+                    # report. Raised from this timer it crashed the worker, again at every
+                    # restart while the group settled (seen on a freshly started broker).
+                    continue
             lag = max(0, high - position)
             labels = (tp.topic, str(tp.partition))
             CONSUMER_LAG.labels(self.role, *labels).set(lag)
